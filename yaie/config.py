@@ -41,19 +41,20 @@ class ModelConfig:
 class CacheConfig:
     """Paged KV cache.
 
-    `kv_cache_memory` is bytes when > 1, else a fraction of free memory (host RAM on CPU, device memory on CUDA).
+    `kv_cache_memory` is bytes when > 1, else a fraction of free memory (host RAM on CPU, device memory on CUDA);
+    None picks a default: 1 GiB on CPU (RSS stays small), 85% of free device memory after the weights on CUDA.
     `num_blocks` overrides the memory budget (used by tests to force preemption).
     """
 
     block_size: int = 16
-    kv_cache_memory: float = 0.25
+    kv_cache_memory: float | None = None
     num_blocks: int | None = None
     enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
-        if self.kv_cache_memory <= 0:
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError(f"kv_cache_memory must be > 0, got {self.kv_cache_memory}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
