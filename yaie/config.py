@@ -102,3 +102,29 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+
+def engine_config_from_options(model: str | None = None, **options: object) -> EngineConfig:
+    """Build an EngineConfig from flat keyword options (as `LLM(model, max_num_seqs=8, ...)` takes them).
+
+    Each option names a field of exactly one component config; an unknown option raises TypeError naming it.
+    """
+    import dataclasses
+
+    sections: dict[str, dict[str, object]] = {"model": {"model": model}, "cache": {}, "scheduler": {}, "runner": {}}
+    owners = {
+        f.name: section
+        for section, cls in (("model", ModelConfig), ("cache", CacheConfig), ("scheduler", SchedulerConfig),
+                             ("runner", RunnerConfig))
+        for f in dataclasses.fields(cls)
+    }
+    for name, value in options.items():
+        if name not in owners or name == "model":
+            raise TypeError(f"unknown engine option {name!r}; valid options: {', '.join(sorted(owners))}")
+        sections[owners[name]][name] = value
+    return EngineConfig(
+        model=ModelConfig(**sections["model"]),  # type: ignore[arg-type]
+        cache=CacheConfig(**sections["cache"]),  # type: ignore[arg-type]
+        scheduler=SchedulerConfig(**sections["scheduler"]),  # type: ignore[arg-type]
+        runner=RunnerConfig(**sections["runner"]),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,124 @@
+"""Engine start-up: device, dtype, threads, weights, KV-cache sizing. Logs the capacity it arrives at."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from yaie.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig
+from yaie.models.loader import load_checkpoint
+from yaie.models.registry import build_model
+from yaie.runner.model_runner import ModelRunner, kv_bytes_per_block
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_KV_BYTES = 1 << 30
+CUDA_KV_FRACTION = 0.85
+
+
+@dataclass
+class EngineParts:
+    tokenizer: PreTrainedTokenizerBase
+    runner: ModelRunner
+    num_blocks: int
+    max_model_len: int
+    model_name: str
+    eos_token_ids: frozenset[int]
+    vocab_size: int
+
+
+def build_engine_parts(config: EngineConfig) -> EngineParts:
+    started = time.monotonic()
+    device = select_device(config.model)
+    dtype = select_dtype(config.model, device)
+    configure_threads(config.runner, device)
+    checkpoint = load_checkpoint(config.model.model)
+    arch = checkpoint.arch
+    max_model_len = min(config.model.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings)
+    model = build_model(checkpoint, dtype, device)
+    num_blocks = plan_num_blocks(config.cache, model, dtype, device, max_model_len)
+    runner = ModelRunner(model, num_blocks, config.cache.block_size, device, dtype, seed=config.model.seed)
+    capacity = num_blocks * config.cache.block_size
+    logger.info(
+        "model %s loaded in %.1fs on %s (%s, %d threads): KV cache %d blocks x %d = %d tokens, "
+        "max concurrency %.1f at %d tokens/request",
+        checkpoint.path.name, time.monotonic() - started, device, str(dtype).removeprefix("torch."),
+        torch.get_num_threads(), num_blocks, config.cache.block_size, capacity, capacity / max_model_len,
+        max_model_len,
+    )
+    return EngineParts(
+        tokenizer=checkpoint.tokenizer,
+        runner=runner,
+        num_blocks=num_blocks,
+        max_model_len=max_model_len,
+        model_name=config.model.served_model_name or default_model_name(checkpoint.path),
+        eos_token_ids=frozenset(arch.eos_token_ids),
+        vocab_size=arch.vocab_size,
+    )
+
+
+def default_model_name(path: Path) -> str:
+    return path.stem if path.is_file() else path.name
+
+
+def select_device(config: ModelConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available")
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def select_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
+    """float32 on CPU (bf16 matmuls are far slower without native bf16), bfloat16 on CUDA."""
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def configure_threads(config: RunnerConfig, device: torch.device) -> None:
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def plan_num_blocks(
+    cache: CacheConfig, model: torch.nn.Module, dtype: torch.dtype, device: torch.device, max_model_len: int
+) -> int:
+    """Blocks that fit the KV budget; at least enough for one request of max_model_len tokens."""
+    if cache.num_blocks is not None:
+        return cache.num_blocks
+    per_block = kv_bytes_per_block(model, cache.block_size, dtype)  # type: ignore[arg-type]
+    budget = cache.kv_cache_memory
+    if budget is None:
+        budget_bytes = _free_device_bytes(device) * CUDA_KV_FRACTION if device.type == "cuda" else CPU_DEFAULT_KV_BYTES
+    elif budget <= 1:
+        budget_bytes = _free_device_bytes(device) * budget
+    else:
+        budget_bytes = budget
+    num_blocks = int(budget_bytes // per_block)
+    min_blocks = -(-max_model_len // cache.block_size)
+    if num_blocks < min_blocks:
+        raise ValueError(
+            f"kv_cache_memory ({int(budget_bytes)} bytes) holds {num_blocks} blocks; one request of "
+            f"max_model_len={max_model_len} tokens needs {min_blocks} ({min_blocks * per_block} bytes)"
+        )
+    return num_blocks
+
+
+def _free_device_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 8 << 30

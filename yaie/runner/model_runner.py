@@ -1,0 +1,71 @@
+"""The model runner: execute(SchedulerOutput) -> RunnerOutput.
+
+Owns the model weights, the paged KV cache tensors and the sampler. One call = one forward pass over every
+scheduled token of every request, then logits only for the rows that sample, then one batched sample.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from yaie.models.llama import LlamaForCausalLM
+from yaie.runner.input_batch import prepare_inputs
+from yaie.sampling.metadata import SamplingMetadata
+from yaie.sampling.sampler import Sampler
+from yaie.scheduler.output import RunnerOutput, SchedulerOutput
+from yaie.types import TokenLogprob
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device,
+        kv_dtype: torch.dtype,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.vocab_size = model.arch.vocab_size
+        self.sampler = Sampler(seed=seed)
+        self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, kv_dtype, device)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        inputs = prepare_inputs(sched, self.block_size, self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)  # [T, H]
+        sampled: list[int | None] = [None] * len(sched.chunks)
+        logprobs: list[TokenLogprob | None] = [None] * len(sched.chunks)
+        if not inputs.sample_chunk_indices:
+            return RunnerOutput(sampled, logprobs)
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [N, V] float32
+        requests = [sched.chunks[i].request for i in inputs.sample_chunk_indices]
+        metadata = SamplingMetadata.from_requests(requests, self.vocab_size, self.device)
+        out = self.sampler(logits, metadata)
+        token_ids = out.token_ids.tolist()
+        for row, chunk_idx in enumerate(inputs.sample_chunk_indices):
+            sampled[chunk_idx] = token_ids[row]
+            logprobs[chunk_idx] = out.logprobs[row]
+        return RunnerOutput(sampled, logprobs)
+
+
+def kv_bytes_per_block(model: LlamaForCausalLM, block_size: int, kv_dtype: torch.dtype) -> int:
+    arch = model.arch
+    elem = torch.empty((), dtype=kv_dtype).element_size()
+    return 2 * arch.num_hidden_layers * block_size * arch.num_key_value_heads * arch.head_dim * elem
+
+
+def allocate_kv_caches(
+    model: LlamaForCausalLM, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """One [2, num_blocks * block_size, Hkv, D] tensor per layer, zeroed (masked slots must stay finite)."""
+    arch = model.arch
+    shape = (2, num_blocks * block_size, arch.num_key_value_heads, arch.head_dim)
+    return [torch.zeros(shape, dtype=kv_dtype, device=device) for _ in range(arch.num_hidden_layers)]
