@@ -7,7 +7,8 @@ is preempted by recompute (blocks freed, counters reset, back to the front of th
 `update()` takes the runner's answer: advances counters, caches the newly written full blocks, appends
 sampled tokens, checks stop conditions and frees finished requests.
 
-Calls alternate strictly: schedule() -> runner -> update(), every step (also for an empty output). Never torch.
+Calls alternate strictly: schedule() -> runner -> update(). update() is a function of the step's output: for
+an empty output it only reports `timed_out_requests`, so a caller may skip it and report those itself. Never torch.
 """
 
 from __future__ import annotations
