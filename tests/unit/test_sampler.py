@@ -17,7 +17,7 @@ CPU = torch.device("cpu")
 EOS_ID = 0
 
 
-def make_request(
+def sampling_request(
     params: SamplingParams,
     prompt_token_ids: Sequence[int] = (1, 2, 3),
     output_token_ids: Sequence[int] = (),
@@ -62,7 +62,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 def test_all_greedy_batch_is_argmax_and_builds_nothing() -> None:
     logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(1))
-    token_ids, metadata, _ = sample(logits, [make_request(GREEDY) for _ in range(8)])
+    token_ids, metadata, _ = sample(logits, [sampling_request(GREEDY) for _ in range(8)])
     assert token_ids == torch.argmax(logits, dim=-1).tolist()
     assert metadata.is_plain_greedy
     assert metadata.temperature is None and metadata.top_k is None and metadata.top_p is None
@@ -71,14 +71,14 @@ def test_all_greedy_batch_is_argmax_and_builds_nothing() -> None:
 
 
 def test_greedy_ties_take_the_first_index() -> None:
-    token_ids, _, _ = sample(row_logits([0.0, 5.0, 1.0, 5.0]), [make_request(GREEDY)])
+    token_ids, _, _ = sample(row_logits([0.0, 5.0, 1.0, 5.0]), [sampling_request(GREEDY)])
     assert token_ids == [1]
 
 
 def test_greedy_rows_beside_random_rows() -> None:
     logits = torch.zeros(4, 50)  # flat: a random row could pick anything
     logits[:, 7] = 0.5  # the greedy choice, barely preferred
-    requests = [make_request(GREEDY), make_request(SamplingParams(temperature=1.0))] * 2
+    requests = [sampling_request(GREEDY), sampling_request(SamplingParams(temperature=1.0))] * 2
     sampler = Sampler(seed=0)
     random_choices: set[int] = set()
     for _ in range(10):
@@ -90,7 +90,7 @@ def test_greedy_rows_beside_random_rows() -> None:
 
 def test_top_k_one_equals_greedy() -> None:
     logits = torch.randn(16, 200, generator=torch.Generator().manual_seed(2))
-    requests = [make_request(SamplingParams(temperature=1.5, top_k=1)) for _ in range(16)]
+    requests = [sampling_request(SamplingParams(temperature=1.5, top_k=1)) for _ in range(16)]
     sampler = Sampler(seed=3)
     for _ in range(5):
         assert sample(logits, requests, sampler)[0] == torch.argmax(logits, dim=-1).tolist()
@@ -98,14 +98,14 @@ def test_top_k_one_equals_greedy() -> None:
 
 def test_tiny_top_p_equals_greedy() -> None:
     logits = torch.randn(16, 200, generator=torch.Generator().manual_seed(4))
-    requests = [make_request(SamplingParams(temperature=1.5, top_p=1e-6)) for _ in range(16)]
+    requests = [sampling_request(SamplingParams(temperature=1.5, top_p=1e-6)) for _ in range(16)]
     sampler = Sampler(seed=5)
     for _ in range(5):
         assert sample(logits, requests, sampler)[0] == torch.argmax(logits, dim=-1).tolist()
 
 
 def draw_support(probs: Sequence[float], params: SamplingParams, num_rows: int = 400) -> Counter[int]:
-    requests = [make_request(params) for _ in range(num_rows)]
+    requests = [sampling_request(params) for _ in range(num_rows)]
     return Counter(sample(log_probs_logits(probs, num_rows), requests)[0])
 
 
@@ -117,14 +117,16 @@ def test_top_k_keeps_only_the_k_most_likely() -> None:
     assert set(draw_support(PROBS_4, SamplingParams(top_k=3))) == {0, 1, 2}
 
 
-@pytest.mark.parametrize(("top_p", "support"), [(0.45, {0}), (0.7, {0, 1}), (0.85, {0, 1, 2}), (1.0, {0, 1, 2, 3})])
+@pytest.mark.parametrize(
+    ("top_p", "support"), [(0.45, {0}), (0.7, {0, 1}), (0.85, {0, 1, 2}), (1.0, {0, 1, 2, 3})]
+)
 def test_top_p_keeps_the_smallest_nucleus(top_p: float, support: set[int]) -> None:
     assert set(draw_support(PROBS_4, SamplingParams(top_p=top_p), num_rows=2000)) == support
 
 
 def test_top_k_and_top_p_rows_mixed_in_one_batch() -> None:
     params = [SamplingParams(top_k=2), SamplingParams(top_p=0.45), SamplingParams(), SamplingParams(top_k=0)]
-    requests = [make_request(params[i % 4]) for i in range(2000)]
+    requests = [sampling_request(params[i % 4]) for i in range(2000)]
     token_ids, _, _ = sample(log_probs_logits(PROBS_4, 2000), requests)
     supports = [{t for i, t in enumerate(token_ids) if i % 4 == j} for j in range(4)]
     assert supports == [{0, 1}, {0}, {0, 1, 2, 3}, {0, 1, 2, 3}]
@@ -142,7 +144,7 @@ def processed_logprobs(logits: torch.Tensor, request: Request) -> list[float]:
     """The full log-distribution the sampler reports for one row: recover it from top-V logprobs."""
     vocab_size = logits.shape[1]
     params = request.sampling_params
-    probe = make_request(
+    probe = sampling_request(
         SamplingParams(
             temperature=0.0,
             logprobs=min(vocab_size, 20),
@@ -168,15 +170,19 @@ def expect_logprobs(expected_logits: Sequence[float]) -> list[float]:
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits() -> None:
     logits = row_logits([2.0, 1.8, -1.0, -1.0, 0.5, 0.0])
-    request = make_request(SamplingParams(temperature=0.0, repetition_penalty=2.0), (0, 2), output_token_ids=(4,))
+    request = sampling_request(
+        SamplingParams(temperature=0.0, repetition_penalty=2.0), (0, 2), output_token_ids=(4,)
+    )
     assert sample(logits, [request])[0] == [1]  # token 0 (2.0 -> 1.0) was in the prompt
-    assert processed_logprobs(logits, request) == pytest.approx(expect_logprobs([1.0, 1.8, -2.0, -1.0, 0.25, 0.0]))
+    assert processed_logprobs(logits, request) == pytest.approx(
+        expect_logprobs([1.0, 1.8, -2.0, -1.0, 0.25, 0.0])
+    )
 
 
 def test_frequency_and_presence_penalties_count_output_tokens_only() -> None:
     logits = row_logits([3.0, 2.9, 2.0, 1.0])
     params = SamplingParams(temperature=0.0, frequency_penalty=0.5, presence_penalty=0.25)
-    request = make_request(params, prompt_token_ids=(1, 1, 1), output_token_ids=(0, 0, 2))
+    request = sampling_request(params, prompt_token_ids=(1, 1, 1), output_token_ids=(0, 0, 2))
     # token 0: 3.0 - 2 * 0.5 - 0.25 = 1.75; token 2: 2.0 - 0.5 - 0.25 = 1.25; prompt token 1 untouched
     assert sample(logits, [request])[0] == [1]
     assert processed_logprobs(logits, request) == pytest.approx(expect_logprobs([1.75, 2.9, 1.25, 1.0]))
@@ -184,7 +190,9 @@ def test_frequency_and_presence_penalties_count_output_tokens_only() -> None:
 
 def test_negative_frequency_penalty_encourages_repeats() -> None:
     logits = row_logits([3.0, 2.0, 1.0])
-    request = make_request(SamplingParams(temperature=0.0, frequency_penalty=-1.0), output_token_ids=(2, 2, 2))
+    request = sampling_request(
+        SamplingParams(temperature=0.0, frequency_penalty=-1.0), output_token_ids=(2, 2, 2)
+    )
     assert sample(logits, [request])[0] == [2]
 
 
@@ -192,10 +200,10 @@ def test_logit_bias_forces_a_token_for_greedy_and_random_rows() -> None:
     logits = torch.randn(4, 100, generator=torch.Generator().manual_seed(6))
     bias = {42: 100.0}
     requests = [
-        make_request(SamplingParams(temperature=0.0, logit_bias=bias)),
-        make_request(SamplingParams(temperature=1.0, logit_bias=bias)),
-        make_request(SamplingParams(temperature=1.0, logit_bias={int(torch.argmax(logits[2])): -100.0})),
-        make_request(GREEDY),
+        sampling_request(SamplingParams(temperature=0.0, logit_bias=bias)),
+        sampling_request(SamplingParams(temperature=1.0, logit_bias=bias)),
+        sampling_request(SamplingParams(temperature=1.0, logit_bias={int(torch.argmax(logits[2])): -100.0})),
+        sampling_request(GREEDY),
     ]
     token_ids, _, _ = sample(logits, requests)
     assert token_ids[:2] == [42, 42]
@@ -204,7 +212,7 @@ def test_logit_bias_forces_a_token_for_greedy_and_random_rows() -> None:
 
 
 def test_logit_bias_outside_the_vocabulary_is_rejected() -> None:
-    request = make_request(SamplingParams(logit_bias={100: 1.0}))
+    request = sampling_request(SamplingParams(logit_bias={100: 1.0}))
     with pytest.raises(ValueError, match="logit_bias"):
         SamplingMetadata.from_requests([request], 100, CPU)
 
@@ -212,11 +220,11 @@ def test_logit_bias_outside_the_vocabulary_is_rejected() -> None:
 def test_min_tokens_masks_eos_and_stop_token_ids_until_reached() -> None:
     logits = row_logits([5.0, 4.0, 3.0, 1.0])  # EOS (0) then stop token 1 are the most likely
     params = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=(1,))
-    assert sample(logits, [make_request(params)])[0] == [2]
-    assert sample(logits, [make_request(params, output_token_ids=(3,))])[0] == [2]
-    assert sample(logits, [make_request(params, output_token_ids=(3, 3))])[0] == [0]
+    assert sample(logits, [sampling_request(params)])[0] == [2]
+    assert sample(logits, [sampling_request(params, output_token_ids=(3,))])[0] == [2]
+    assert sample(logits, [sampling_request(params, output_token_ids=(3, 3))])[0] == [0]
     ignoring_eos = SamplingParams(temperature=0.0, min_tokens=2, ignore_eos=True)
-    assert sample(logits, [make_request(ignoring_eos)])[0] == [0]  # EOS does not stop it, so not masked
+    assert sample(logits, [sampling_request(ignoring_eos)])[0] == [0]  # EOS does not stop it, so not masked
 
 
 # --- seeds ---------------------------------------------------------------------------------------------------
@@ -234,20 +242,20 @@ def seeded_draws(request: Request, position: int, batch: Sequence[Request], samp
 
 def test_seeded_row_is_reproducible_alone_in_any_batch_and_at_any_sampler_state() -> None:
     params = SamplingParams(temperature=0.8, top_p=0.95, seed=1234)
-    others = [make_request(SamplingParams(temperature=1.0)), make_request(SamplingParams(seed=7))]
+    others = [sampling_request(SamplingParams(temperature=1.0)), sampling_request(SamplingParams(seed=7))]
     for num_output_tokens in range(4):
         output = [5] * num_output_tokens
-        alone = seeded_draws(make_request(params, output_token_ids=output), 0, [], Sampler(seed=0))
+        alone = seeded_draws(sampling_request(params, output_token_ids=output), 0, [], Sampler(seed=0))
         busy_sampler = Sampler(seed=99)
         for _ in range(3):  # advance the shared generator
-            seeded_draws(make_request(SamplingParams()), 0, others, busy_sampler)
-        batched = seeded_draws(make_request(params, output_token_ids=output), 1, others, busy_sampler)
+            seeded_draws(sampling_request(SamplingParams()), 0, others, busy_sampler)
+        batched = seeded_draws(sampling_request(params, output_token_ids=output), 1, others, busy_sampler)
         assert alone == batched
 
 
 def test_seeded_row_draws_differ_across_steps_and_seeds() -> None:
     def draw(seed: int, num_output_tokens: int) -> int:
-        request = make_request(SamplingParams(seed=seed), output_token_ids=[5] * num_output_tokens)
+        request = sampling_request(SamplingParams(seed=seed), output_token_ids=[5] * num_output_tokens)
         return seeded_draws(request, 0, [], Sampler())
 
     assert len({draw(1, step) for step in range(8)}) > 4
@@ -256,7 +264,7 @@ def test_seeded_row_draws_differ_across_steps_and_seeds() -> None:
 
 def test_n_siblings_with_one_seed_differ_but_each_reproduces() -> None:
     params = SamplingParams(n=4, seed=42)
-    siblings = [make_request(params, sample_index=i, request_id=f"r-{i}") for i in range(4)]
+    siblings = [sampling_request(params, sample_index=i, request_id=f"r-{i}") for i in range(4)]
     first, _, _ = sample(torch.zeros(4, FLAT_VOCAB), siblings, Sampler(seed=0))
     again, _, _ = sample(torch.zeros(4, FLAT_VOCAB), siblings[::-1], Sampler(seed=1))
     assert len(set(first)) == 4
@@ -276,9 +284,9 @@ def test_mix_seed_is_deterministic_and_sensitive_to_each_input() -> None:
 def test_logprobs_are_log_softmax_before_temperature_with_ranks() -> None:
     logits = torch.randn(3, 64, generator=torch.Generator().manual_seed(8))
     requests = [
-        make_request(SamplingParams(temperature=0.5, logprobs=5)),
-        make_request(SamplingParams(temperature=0.0)),
-        make_request(SamplingParams(temperature=0.0, logprobs=0)),
+        sampling_request(SamplingParams(temperature=0.5, logprobs=5)),
+        sampling_request(SamplingParams(temperature=0.0)),
+        sampling_request(SamplingParams(temperature=0.0, logprobs=0)),
     ]
     metadata = SamplingMetadata.from_requests(requests, 64, CPU)
     output = Sampler(seed=0)(logits.clone(), metadata)
@@ -301,7 +309,7 @@ def test_logprobs_are_log_softmax_before_temperature_with_ranks() -> None:
 
 def test_logprob_rank_of_an_unlikely_sampled_token() -> None:
     logits = row_logits([4.0, 3.0, 2.0, 1.0])
-    request = make_request(SamplingParams(temperature=1.0, logprobs=1))
+    request = sampling_request(SamplingParams(temperature=1.0, logprobs=1))
     metadata = SamplingMetadata.from_requests([request], 4, CPU)
     ranks_by_token: dict[int, int] = {}
     sampler = Sampler(seed=0)
@@ -334,7 +342,7 @@ def test_temperature_sampling_matches_the_tempered_distribution(temperature: flo
 
 def test_seeded_rows_follow_the_distribution() -> None:
     probs = (0.1, 0.2, 0.3, 0.4)
-    requests = [make_request(SamplingParams(seed=seed)) for seed in range(4000)]
+    requests = [sampling_request(SamplingParams(seed=seed)) for seed in range(4000)]
     counts = Counter(sample(log_probs_logits(probs, 4000), requests)[0])
     assert chi_square(counts, probs) < CHI2_DF3_P999
 
@@ -343,7 +351,7 @@ def test_seeded_rows_follow_the_distribution() -> None:
 
 
 def test_metadata_neutralises_off_settings() -> None:
-    requests = [make_request(SamplingParams(top_k=0)), make_request(SamplingParams(top_k=1000))]
+    requests = [sampling_request(SamplingParams(top_k=0)), sampling_request(SamplingParams(top_k=1000))]
     metadata = SamplingMetadata.from_requests(requests, 50, CPU)
     assert metadata.top_k is None and metadata.top_p is None and metadata.greedy_mask is None
     assert metadata.temperature is not None and metadata.temperature.tolist() == [1.0, 1.0]
@@ -352,6 +360,6 @@ def test_metadata_neutralises_off_settings() -> None:
 def test_bad_inputs_raise_value_errors() -> None:
     with pytest.raises(ValueError, match="requests"):
         SamplingMetadata.from_requests([], 10, CPU)
-    metadata = SamplingMetadata.from_requests([make_request(GREEDY)], 10, CPU)
+    metadata = SamplingMetadata.from_requests([sampling_request(GREEDY)], 10, CPU)
     with pytest.raises(ValueError, match="logits"):
         Sampler()(torch.zeros(2, 10), metadata)
