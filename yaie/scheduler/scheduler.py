@@ -155,7 +155,10 @@ class Scheduler:
         if timeout_s is None:
             return []
         now = self._clock()
-        expired = [r for r in self._waiting if now - r.times.arrival > timeout_s]
+        # Only requests that never started: a preempted request has already streamed output to its client.
+        expired = [
+            r for r in self._waiting if r.times.first_scheduled is None and now - r.times.arrival > timeout_s
+        ]
         for request in expired:
             self._finish(request, FinishReason.TIMEOUT)
         return expired
