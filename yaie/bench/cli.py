@@ -122,6 +122,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
 def run_offline_command(args: argparse.Namespace) -> int:
     from yaie.bench.offline import OfflineBenchConfig, run_offline_benchmark
     from yaie.bench.report import format_offline_report, offline_result_to_json, write_json
+    from yaie.models.arch import ModelLoadError
 
     try:
         config = OfflineBenchConfig(
@@ -131,7 +132,7 @@ def run_offline_command(args: argparse.Namespace) -> int:
             show_progress=not args.disable_tqdm, engine_options=engine_options_from_args(args),
         )
         result = run_offline_benchmark(config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, ModelLoadError) as exc:
         print(f"yaie bench offline: error: {exc}", file=sys.stderr)
         return 2
     print(format_offline_report(result))
