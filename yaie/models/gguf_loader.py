@@ -152,48 +152,51 @@ def gguf_architecture(reader: GGUFReader, path: Path) -> str:
     return gguf_arch
 
 
+def metadata_number(reader: GGUFReader, path: Path, key: str, default: float | None = None) -> float:
+    """A numeric metadata value (or `default`); ModelLoadError naming the key when missing or not a number."""
+    value = field_value(reader, key, default)
+    if value is None:
+        raise ModelLoadError(f"{path}: metadata key {key} is missing")
+    if not isinstance(value, int | float) or value < 0:
+        raise ModelLoadError(f"{path}: metadata key {key} must be a non-negative number, got {value!r}")
+    return value
+
+
 def read_arch(
     reader: GGUFReader, path: Path, gguf_arch: str, eos_token_ids: tuple[int, ...]
 ) -> ModelArchConfig:
     """ModelArchConfig from `{arch}.*` metadata and the tensor list (bias, q/k norm, tied output)."""
-    tensor_names = {tensor.name for tensor in reader.tensors}
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise ModelLoadError(f"{path}: tensor token_embd.weight is missing")
 
     def number(suffix: str, default: float | None = None) -> float:
-        value = field_value(reader, f"{gguf_arch}.{suffix}", default)
-        if value is None:
-            raise ModelLoadError(f"{path}: metadata key {gguf_arch}.{suffix} is missing")
-        if not isinstance(value, int | float):
-            raise ModelLoadError(f"{path}: metadata key {gguf_arch}.{suffix} must be a number, got {value!r}")
-        return value
+        return metadata_number(reader, path, f"{gguf_arch}.{suffix}", default)
 
     hidden_size = int(number("embedding_length"))
-    num_heads = int(number("attention.head_count"))
-    num_kv_heads = int(number("attention.head_count_kv", num_heads))
+    num_heads = max(int(number("attention.head_count")), 1)  # 0 is rejected by ModelArchConfig below
     head_dim = int(number("attention.key_length", hidden_size // num_heads))
-    if "token_embd.weight" not in tensor_names:
-        raise ModelLoadError(f"{path}: tensor token_embd.weight is missing")
-    embedding = next(tensor for tensor in reader.tensors if tensor.name == "token_embd.weight")
     try:
         return ModelArchConfig(
             architecture=GGUF_ARCHITECTURES[gguf_arch],
-            vocab_size=_hf_shape(embedding)[0],
+            vocab_size=_hf_shape(tensors["token_embd.weight"])[0],
             hidden_size=hidden_size,
             intermediate_size=int(number("feed_forward_length")),
             num_hidden_layers=int(number("block_count")),
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
+            num_attention_heads=int(number("attention.head_count")),
+            num_key_value_heads=int(number("attention.head_count_kv", num_heads)),
             head_dim=head_dim,
             rms_norm_eps=float(number("attention.layer_norm_rms_epsilon")),
             rope_theta=float(number("rope.freq_base", 10000.0)),
             rope_scaling=read_rope_scaling(reader, path, gguf_arch, head_dim),
             max_position_embeddings=int(number("context_length")),
-            tie_word_embeddings="output.weight" not in tensor_names,
-            attention_bias="blk.0.attn_q.bias" in tensor_names,
-            qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
+            tie_word_embeddings="output.weight" not in tensors,
+            attention_bias="blk.0.attn_q.bias" in tensors,
+            qk_norm="blk.0.attn_q_norm.weight" in tensors,
             bos_token_id=field_value(reader, "tokenizer.ggml.bos_token_id"),
             eos_token_ids=eos_token_ids,
         )
-    except ValueError as exc:
+    except (ValueError, ZeroDivisionError) as exc:
         raise ModelLoadError(f"{path}: inconsistent model metadata: {exc}") from exc
 
 
