@@ -163,7 +163,12 @@ class RemoteBackend:
         self.model_name = model or self._first_model()
 
     def _first_model(self) -> str:
-        models = self._client.models.list().data
+        from openai import APIConnectionError
+
+        try:
+            models = self._client.models.list().data
+        except APIConnectionError as exc:
+            raise ConnectionError(f"cannot reach {self._client.base_url}models: {exc}") from exc
         if not models:
             raise ValueError("the server lists no model at /v1/models; pass --model")
         return models[0].id

@@ -188,10 +188,12 @@ async def test_server_ignoring_ignore_eos_is_flagged() -> None:
 
 async def test_poisson_arrivals_follow_the_schedule() -> None:
     server = ScriptedServer()
-    result = await _run(server, num_prompts=5, request_rate=20.0, concurrency=None, seed=4)
-    offsets_s = poisson_send_offsets_s(5, 20.0, seed=4)
-    sent_s = [t - server.arrival_times_s[0] for t in server.arrival_times_s]
-    assert sorted(sent_s) == pytest.approx(offsets_s, abs=0.05)
+    result = await _run(server, num_prompts=5, request_rate=10.0, concurrency=None, seed=4)
+    offsets_s = poisson_send_offsets_s(5, 10.0, seed=4)
+    assert offsets_s[-1] > 0.1  # the schedule is spread out, so sending all at once would fail below
+    sent_s = sorted(t - server.arrival_times_s[0] for t in server.arrival_times_s)
+    for sent, offset in zip(sent_s, offsets_s, strict=True):
+        assert offset - 0.01 <= sent <= offset + 0.5  # never early; late only by scheduling noise
     assert result.metrics.duration_s >= offsets_s[-1]
 
 
