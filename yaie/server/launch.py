@@ -1,0 +1,136 @@
+"""`yaie serve`: settings -> HTTP server up at once -> model loaded in the background -> serve -> drain -> exit 0.
+
+The port answers from the first second (503 on /health while the model loads). When the engine is ready the
+log says where (URL) and how much fits (KV-cache tokens, max concurrency). On SIGTERM/SIGINT the server stops
+admitting (503 + Retry-After), lets in-flight requests finish for up to --shutdown-timeout seconds, aborts the
+rest (streams get an error chunk), shuts the engine down and exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from yaie.server.settings import SettingsError, add_settings_arguments, cli_values, load_settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from yaie.config import EngineConfig
+    from yaie.server.draining import DrainingServer
+    from yaie.server.settings import ServerConfig
+    from yaie.server.state import ServerState
+
+logger = logging.getLogger("yaie.server")
+T = TypeVar("T")
+
+
+def add_serve_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="Run the OpenAI-compatible HTTP server.",
+        description="Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
+                    "/v1/models, /health, /metrics). Each option can also come from the environment "
+                    "(YAIE_<NAME>) or a YAML file (--config); precedence: command line > environment > YAML > "
+                    "default.",
+    )
+    add_settings_arguments(parser)
+    parser.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(cli_values(args), args.config)
+    except SettingsError as exc:
+        print(f"yaie serve: {exc}", file=sys.stderr)
+        return 2
+    from yaie.server.access_log import configure_logging
+
+    configure_logging(settings.log_level)
+    return asyncio.run(serve(settings.engine_config(), settings.server_config()))
+
+
+async def serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
+    """Run until a signal (exit 0) or a failed model load (exit 1)."""
+    import uvicorn
+
+    from yaie.server.app import build_app, server_state
+    from yaie.server.draining import DrainingServer
+
+    app = build_app(None, server_config)
+    state = server_state(app)
+    uv_config = uvicorn.Config(app, host=server_config.host, port=server_config.port, access_log=False,
+                               log_level=server_config.log_level, timeout_graceful_shutdown=5, lifespan="off")
+    server = DrainingServer(uv_config, state, server_config.shutdown_timeout_s)
+    loader = asyncio.ensure_future(_load_engine(engine_config, server, state))
+    try:
+        await server.serve()
+    finally:
+        loader.cancel()
+        if state.engine is not None:
+            await state.engine.shutdown()
+    logger.info("yaie serve stopped")
+    return server.exit_code
+
+
+async def _load_engine(engine_config: EngineConfig, server: DrainingServer, state: ServerState) -> None:
+    from yaie.engine.async_engine import AsyncEngine
+
+    logger.info("loading model %s", engine_config.model.model or "(default SmolLM2-135M-Instruct)")
+    try:
+        engine = await _in_daemon_thread(lambda: AsyncEngine(engine_config))
+    except Exception as exc:
+        logger.error("could not load the model: %s", exc)
+        state.load_error = str(exc)
+        server.exit_code = 1
+        server.should_exit = True
+        return
+    if server.should_exit or state.is_draining:
+        return
+    engine.start()
+    state.attach_engine(engine)
+    while not server.started:
+        await asyncio.sleep(0.05)
+    _log_ready(server, engine, engine_config)
+
+
+def _log_ready(server: uvicorn.Server, engine: Any, engine_config: EngineConfig) -> None:
+    stats = engine.stats()
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    logger.info(
+        "yaie serve ready at http://%s:%d/v1 — model %s, context %d tokens, KV cache %d tokens "
+        "(%d blocks x %d), max concurrency %.1f requests at full context (max_num_seqs %d)",
+        host, port, engine.model_name, engine.max_model_len, stats.kv_capacity_tokens, stats.num_blocks,
+        stats.block_size, stats.kv_capacity_tokens / engine.max_model_len, engine_config.scheduler.max_num_seqs)
+
+
+async def _in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run `fn` on a daemon thread (a load still running at exit does not hold the process)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while we loaded
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=target, name="yaie-load", daemon=True).start()
+    return await future

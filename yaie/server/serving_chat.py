@@ -1,0 +1,169 @@
+"""POST /v1/chat/completions: render the chat template, run the engine, answer in OpenAI's shapes.
+
+Streaming sends, per choice, a first chunk carrying the role, then one chunk per engine delta (the last with
+finish_reason), then, with stream_options.include_usage, a chunk with empty choices and the usage, then
+`data: [DONE]`. An error after the stream started is sent as a `data: {"error": ...}` chunk before [DONE].
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
+
+from yaie.server.access_log import RequestContext
+from yaie.server.protocol import (
+    ChatChoice,
+    ChatChoiceLogprobs,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    ChatResponseMessage,
+    ChatStreamChoice,
+    ChatTokenLogprob,
+    DeltaMessage,
+    TopLogprob,
+)
+from yaie.server.serving_base import (
+    SSE_DONE,
+    GenerationStream,
+    SampleAccumulator,
+    ServingBase,
+    cancel_on_disconnect,
+    close_streams,
+    finish_failure,
+    finite_logprob,
+    merge_streams,
+    new_id,
+    sse_error,
+    sse_event,
+    start_streams,
+    stream_failure,
+    usage_of,
+)
+from yaie.types import InvalidParameterError, TokenLogprob
+
+
+class ServingChat(ServingBase):
+    async def create(self, request: ChatCompletionRequest, receive: Receive, ctx: RequestContext) -> Response:
+        request.check_supported()
+        self.check_model(request.model)
+        prompt_ids = self.render_prompt(request.messages)
+        params = self.check_params(request.sampling_params(request.output_limit, request.num_logprobs))
+        completion_id = new_id("chatcmpl")
+        ctx.completion_id, ctx.model, ctx.stream = completion_id, self.model_name, request.stream
+        ctx.prompt_tokens = len(prompt_ids)
+        if self.log_content:
+            ctx.prompt = self.tokenizer.decode(prompt_ids)
+        streams = self.open_streams([prompt_ids], params, completion_id, request.priority)
+        if not request.stream:
+            body = await cancel_on_disconnect(receive, self._complete(streams, request, completion_id, ctx))
+            return Response(body.model_dump_json(), media_type="application/json")
+        try:
+            await cancel_on_disconnect(receive, start_streams(streams))
+        except BaseException:
+            await close_streams(streams)
+            raise
+        events = self._events(streams, request, completion_id, ctx)
+        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(events.aclose))
+
+    def render_prompt(self, messages: list[ChatMessage]) -> list[int]:
+        """The chat template applied with the generation prompt, as token ids."""
+        if not self.tokenizer.chat_template:
+            raise InvalidParameterError("messages", "this model has no chat template; use /v1/completions")
+        conversation = [_template_message(m) for m in messages]
+        try:
+            rendered: Any = self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+        except Exception as exc:  # jinja2 raises TemplateError subclasses and plain exceptions from templates
+            raise InvalidParameterError("messages", f"the chat template rejected the messages: {exc}") from None
+        return list(rendered)
+
+    async def _complete(self, streams: list[GenerationStream], request: ChatCompletionRequest,
+                        completion_id: str, ctx: RequestContext) -> ChatCompletionResponse:
+        samples = [SampleAccumulator() for _ in range(request.n)]
+        try:
+            await start_streams(streams)
+            async for _, output in merge_streams(streams):
+                for sample in output.outputs:
+                    failure = finish_failure(sample.finish_reason)
+                    if failure is not None:
+                        raise failure
+                    acc = samples[sample.index]
+                    acc.text_parts.append(sample.text)
+                    acc.logprobs.extend(sample.logprobs or ())
+                    acc.finish_reason = sample.finish_reason
+        finally:
+            await close_streams(streams)
+            self.fill_context(ctx, streams, [s.finish_reason or "" for s in samples], [s.text for s in samples])
+        choices = [
+            ChatChoice(index=i, message=ChatResponseMessage(content=s.text),
+                       logprobs=self._logprobs(s.logprobs, request) if request.logprobs else None,
+                       finish_reason=s.finish_reason or "stop")
+            for i, s in enumerate(samples)
+        ]
+        return ChatCompletionResponse(id=completion_id, created=int(time.time()), model=self.model_name,
+                                      system_fingerprint=self.system_fingerprint, choices=choices,
+                                      usage=usage_of(streams))
+
+    async def _events(self, streams: list[GenerationStream], request: ChatCompletionRequest,
+                      completion_id: str, ctx: RequestContext) -> AsyncIterator[str]:
+        created = int(time.time())
+        exclude = None if request.include_usage else {"usage"}
+
+        def chunk(choices: list[ChatStreamChoice], **extra: Any) -> str:
+            payload = ChatCompletionChunk(id=completion_id, created=created, model=self.model_name,
+                                          system_fingerprint=self.system_fingerprint, choices=choices, **extra)
+            return sse_event(payload.model_dump_json(exclude=exclude))
+
+        finish_reasons = [""] * request.n
+        texts: list[list[str]] = [[] for _ in range(request.n)]
+        try:
+            for index in range(request.n):
+                yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
+            async for _, output in merge_streams(streams):
+                for sample in output.outputs:
+                    failure = finish_failure(sample.finish_reason)
+                    if failure is not None:
+                        raise failure
+                    if self.log_content:
+                        texts[sample.index].append(sample.text)
+                    finish_reasons[sample.index] = sample.finish_reason or ""
+                    logprobs = self._logprobs(sample.logprobs or [], request) if request.logprobs else None
+                    yield chunk([ChatStreamChoice(index=sample.index, delta=DeltaMessage(content=sample.text),
+                                                  logprobs=logprobs, finish_reason=sample.finish_reason)])
+            if request.include_usage:
+                yield chunk([], usage=usage_of(streams))
+        except Exception as exc:
+            yield sse_error(stream_failure(exc, ctx))
+        finally:
+            await close_streams(streams)
+            self.fill_context(ctx, streams, finish_reasons, ["".join(t) for t in texts])
+        yield SSE_DONE
+
+    def _logprobs(self, entries: list[TokenLogprob], request: ChatCompletionRequest) -> ChatChoiceLogprobs:
+        num_top = request.top_logprobs or 0
+        content = []
+        for entry in entries:
+            token = self.token_text(entry.token_id)
+            top = [TopLogprob(token=(t := self.token_text(tid)), logprob=finite_logprob(lp), bytes=list(t.encode()))
+                   for tid, lp in entry.top_logprobs[:num_top]]
+            content.append(ChatTokenLogprob(token=token, logprob=finite_logprob(entry.logprob),
+                                            bytes=list(token.encode()), top_logprobs=top))
+        return ChatChoiceLogprobs(content=content)
+
+
+def _template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates expect it ("developer" is OpenAI's newer name for "system")."""
+    entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
+                             "content": message.text()}
+    for key in ("name", "tool_call_id", "tool_calls"):
+        value = getattr(message, key)
+        if value is not None:
+            entry[key] = value
+    return entry

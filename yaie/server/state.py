@@ -1,0 +1,81 @@
+"""The server's mutable state: the engine once loaded, its serving objects, draining and in-flight counts.
+
+The HTTP server starts before the model is loaded, so `/health` can answer 503 during the load; until
+`attach_engine` runs, `ready()` raises a 503 for every API request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from yaie.server.errors import APIError, overloaded
+from yaie.server.metrics import ServerMetrics
+from yaie.server.serving_base import GenerationStream
+from yaie.server.serving_chat import ServingChat
+from yaie.server.serving_completion import ServingCompletion
+from yaie.server.serving_models import ServingModels
+from yaie.server.settings import ServerConfig
+
+if TYPE_CHECKING:
+    from yaie.engine.async_engine import AsyncEngine
+
+DRAIN_RETRY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True)
+class Servings:
+    chat: ServingChat
+    completion: ServingCompletion
+    models: ServingModels
+
+
+class ServerState:
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.engine: AsyncEngine | None = None
+        self.servings: Servings | None = None
+        self.load_error: str | None = None
+        self.is_draining = False
+        self.num_in_flight = 0  # API requests whose response is not complete yet
+        self.active_streams: set[GenerationStream] = set()  # engine requests started and not closed
+
+    def attach_engine(self, engine: AsyncEngine) -> None:
+        """Make the API available on a loaded, started engine."""
+        self.metrics.attach_engine(engine.stats, engine.model_name)
+        args = (engine, self.metrics, self.active_streams, self.config.log_content)
+        self.servings = Servings(ServingChat(*args), ServingCompletion(*args),
+                                 ServingModels(engine.model_name, engine.max_model_len))
+        self.engine = engine
+
+    def unavailable(self) -> APIError | None:
+        """Why the API cannot serve now (503), or None when it can."""
+        if self.is_draining:
+            return overloaded("the server is shutting down and admits no new requests", DRAIN_RETRY_AFTER_S)
+        if self.load_error is not None:
+            return APIError(503, f"the model failed to load: {self.load_error}")
+        if self.engine is None:
+            return APIError(503, "the model is still loading", headers={"Retry-After": "5"})
+        if not self.engine.is_alive:
+            return APIError(503, "the engine is not running")
+        return None
+
+    def ready(self) -> Servings:
+        error = self.unavailable()
+        if error is not None:
+            raise error
+        assert self.servings is not None
+        return self.servings
+
+    def begin_drain(self) -> None:
+        self.is_draining = True
+        if self.engine is not None:
+            self.engine.begin_drain()
+
+    def abort_active(self) -> int:
+        """Abort every engine request still running (each answers 503 / an error chunk); returns how many."""
+        streams = list(self.active_streams)
+        for stream in streams:
+            stream.shut_down()
+        return len(streams)
