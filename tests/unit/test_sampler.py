@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from yaie.sampling import Sampler, SamplingMetadata
-from yaie.sampling.metadata import mix_seed
+from yaie.sampling.metadata import mix_seed, seeded_uniform
+from yaie.sampling.sampler import inverse_cdf_sample, top_p_cutoffs
 from yaie.types import Request, SamplingParams
 
 CPU = torch.device("cpu")
@@ -65,9 +66,8 @@ def test_all_greedy_batch_is_argmax_and_builds_nothing() -> None:
     token_ids, metadata, _ = sample(logits, [sampling_request(GREEDY) for _ in range(8)])
     assert token_ids == torch.argmax(logits, dim=-1).tolist()
     assert metadata.is_plain_greedy
-    assert metadata.temperature is None and metadata.top_k is None and metadata.top_p is None
-    assert metadata.min_p is None and metadata.edits.is_empty and metadata.logprob_row_ids is None
-    assert metadata.generators == ()
+    assert metadata.top_k_rows is None and metadata.full_vocab_rows is None
+    assert metadata.edits.is_empty and metadata.logprob_row_ids is None
 
 
 def test_greedy_ties_take_the_first_index() -> None:
@@ -135,6 +135,67 @@ def test_top_k_and_top_p_rows_mixed_in_one_batch() -> None:
 def test_min_p_drops_tokens_below_the_scaled_maximum() -> None:
     assert set(draw_support(PROBS_4, SamplingParams(min_p=0.5), num_rows=1000)) == {0, 1}  # 0.3 >= 0.25
     assert set(draw_support(PROBS_4, SamplingParams(min_p=0.2), num_rows=2000)) == {0, 1, 2}  # 0.15 >= 0.1
+
+
+def test_min_p_applies_to_the_tempered_distribution_and_combines_with_top_k() -> None:
+    # temperature 0.5 squares the ratios: 0.3 / 0.5 = 0.6 becomes 0.36, below min_p = 0.4
+    assert set(draw_support(PROBS_4, SamplingParams(temperature=0.5, min_p=0.4), num_rows=1000)) == {0}
+    combined = SamplingParams(top_k=3, min_p=0.25)  # top-k keeps {0, 1, 2}; 0.15 >= 0.25 * 0.5 keeps 2
+    assert set(draw_support(PROBS_4, combined, num_rows=2000)) == {0, 1, 2}
+    assert set(draw_support(PROBS_4, SamplingParams(top_k=3, min_p=0.35), num_rows=1000)) == {0, 1}
+
+
+def reference_kept_ids(row: torch.Tensor, top_k: int | None, top_p: float) -> set[int]:
+    """Top-k then top-p by a plain full sort, one row at a time."""
+    values, ids = row.sort(descending=True)
+    if top_k is not None:
+        values, ids = values[:top_k], ids[:top_k]
+    masses = values.softmax(dim=-1).tolist()
+    kept: set[int] = set()
+    mass_before = 0.0
+    for token_id, mass in zip(ids.tolist(), masses, strict=True):
+        if mass_before >= top_p:
+            break
+        kept.add(token_id)
+        mass_before += mass
+    return kept
+
+
+@pytest.mark.parametrize("num_candidates", [2, 256])
+def test_top_p_cutoffs_match_a_full_sort_reference(num_candidates: int) -> None:
+    vocab_size = 600
+    scale = torch.tensor([[0.05], [0.5], [3.0], [1.0], [0.2]])  # flat rows have wide nuclei
+    logits = torch.randn(5, vocab_size, generator=torch.Generator().manual_seed(9)) * scale  # [5, V]
+    top_p = [0.9, 0.8, 0.3, 1.0, 0.95]
+    probs = logits.softmax(dim=-1)
+    cutoffs = top_p_cutoffs(probs, torch.tensor(top_p), num_candidates=num_candidates)
+    for row, p in enumerate(top_p):
+        kept = set((probs[row] >= cutoffs[row]).nonzero().squeeze(1).tolist())
+        assert kept == reference_kept_ids(logits[row], None, p), f"row {row}"
+    assert len(reference_kept_ids(logits[0], None, 0.9)) > 256  # the candidate fallback was exercised
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(40, 0.8), (40, 1.0), (7, 0.5), (250, 0.9)])
+def test_top_k_rows_sample_exactly_the_top_k_then_top_p_set(top_k: int, top_p: float) -> None:
+    row = torch.randn(300, generator=torch.Generator().manual_seed(10)) * 0.5  # [V]
+    num_rows = 6000
+    requests = [sampling_request(SamplingParams(top_k=top_k, top_p=top_p)) for _ in range(num_rows)]
+    token_ids, metadata, _ = sample(row.expand(num_rows, -1).contiguous(), requests)
+    assert metadata.top_k_rows is not None and metadata.full_vocab_rows is None
+    assert set(token_ids) == reference_kept_ids(row, top_k, top_p)
+
+
+def test_top_k_renormalises_before_top_p() -> None:
+    # after top-k = 2 the masses are (0.625, 0.375): a 0.6 nucleus is token 0 alone; without top-k it is {0, 1}
+    assert set(draw_support(PROBS_4, SamplingParams(top_k=2, top_p=0.6), num_rows=2000)) == {0}
+    assert set(draw_support(PROBS_4, SamplingParams(top_p=0.6), num_rows=2000)) == {0, 1}
+
+
+def test_inverse_cdf_never_picks_a_zero_probability_token() -> None:
+    probs = torch.tensor([[0.0, 0.0, 0.3, 0.7, 0.0, 0.0]] * 3)
+    uniforms = torch.tensor([0.0, 1.0 - 2.0**-24, 0.5])
+    assert inverse_cdf_sample(probs.clone(), uniforms).tolist() == [2, 3, 3]
+    assert inverse_cdf_sample(probs.clone(), torch.tensor([0.29, 0.31, 0.99])).tolist() == [2, 3, 3]
 
 
 # --- logit processing ----------------------------------------------------------------------------------------
@@ -230,19 +291,29 @@ def test_min_tokens_masks_eos_and_stop_token_ids_until_reached() -> None:
 # --- seeds ---------------------------------------------------------------------------------------------------
 
 FLAT_VOCAB = 5000
+NEAR_FLAT_ROW = torch.randn(FLAT_VOCAB, generator=torch.Generator().manual_seed(11)) * 0.1  # [V]
+
+
+def near_flat_logits(num_rows: int) -> torch.Tensor:
+    return NEAR_FLAT_ROW.expand(num_rows, -1).contiguous()  # [num_rows, V]
 
 
 def seeded_draws(request: Request, position: int, batch: Sequence[Request], sampler: Sampler) -> int:
-    """The token `request` draws when placed at `position` of `batch` (flat logits: every draw is random)."""
+    """The token `request` draws when placed at `position` of `batch` (near-flat logits: draws vary)."""
     requests = list(batch)
     requests.insert(position, request)
-    token_ids, _, _ = sample(torch.zeros(len(requests), FLAT_VOCAB), requests, sampler)
+    token_ids, _, _ = sample(near_flat_logits(len(requests)), requests, sampler)
     return token_ids[position]
 
 
-def test_seeded_row_is_reproducible_alone_in_any_batch_and_at_any_sampler_state() -> None:
-    params = SamplingParams(temperature=0.8, top_p=0.95, seed=1234)
-    others = [sampling_request(SamplingParams(temperature=1.0)), sampling_request(SamplingParams(seed=7))]
+@pytest.mark.parametrize("top_k", [None, 2000])
+def test_seeded_row_is_reproducible_alone_in_any_batch_and_at_any_sampler_state(top_k: int | None) -> None:
+    params = SamplingParams(temperature=0.8, top_p=0.95, top_k=top_k, seed=1234)
+    others = [
+        sampling_request(SamplingParams(temperature=1.0)),
+        sampling_request(SamplingParams(seed=7, top_k=4000)),
+        sampling_request(GREEDY),
+    ]
     for num_output_tokens in range(4):
         output = [5] * num_output_tokens
         alone = seeded_draws(sampling_request(params, output_token_ids=output), 0, [], Sampler(seed=0))
@@ -265,10 +336,18 @@ def test_seeded_row_draws_differ_across_steps_and_seeds() -> None:
 def test_n_siblings_with_one_seed_differ_but_each_reproduces() -> None:
     params = SamplingParams(n=4, seed=42)
     siblings = [sampling_request(params, sample_index=i, request_id=f"r-{i}") for i in range(4)]
-    first, _, _ = sample(torch.zeros(4, FLAT_VOCAB), siblings, Sampler(seed=0))
-    again, _, _ = sample(torch.zeros(4, FLAT_VOCAB), siblings[::-1], Sampler(seed=1))
+    first, _, _ = sample(near_flat_logits(4), siblings, Sampler(seed=0))
+    again, _, _ = sample(near_flat_logits(4), siblings[::-1], Sampler(seed=1))
     assert len(set(first)) == 4
     assert first == again[::-1]
+
+
+def test_seeded_uniforms_are_pure_and_in_the_unit_interval() -> None:
+    uniforms = [seeded_uniform(7, index, step) for index in range(4) for step in range(250)]
+    assert all(0.0 <= u < 1.0 for u in uniforms)
+    assert len(set(uniforms)) == len(uniforms)
+    assert abs(sum(uniforms) / len(uniforms) - 0.5) < 0.05
+    assert seeded_uniform(7, 1, 3) == seeded_uniform(7, 1, 3)
 
 
 def test_mix_seed_is_deterministic_and_sensitive_to_each_input() -> None:
@@ -323,28 +402,45 @@ def test_logprob_rank_of_an_unlikely_sampled_token() -> None:
 
 # --- distribution --------------------------------------------------------------------------------------------
 
-CHI2_DF3_P999 = 16.27  # chi-square critical value, 3 degrees of freedom, p = 0.001
+CHI2_P999 = {2: 13.82, 3: 16.27}  # chi-square critical values at p = 0.001, by degrees of freedom
 
 
-def chi_square(counts: Counter[int], expected_probs: Sequence[float]) -> float:
+def assert_follows(counts: Counter[int], expected_probs: Sequence[float]) -> None:
+    """Zero-probability tokens never drawn; the others pass a chi-square test at p = 0.001."""
     total = sum(counts.values())
-    return sum((counts[i] - total * p) ** 2 / (total * p) for i, p in enumerate(expected_probs))
+    support = [i for i, p in enumerate(expected_probs) if p > 0]
+    assert set(counts) <= set(support)
+    statistic = sum(
+        (counts[i] - total * expected_probs[i]) ** 2 / (total * expected_probs[i]) for i in support
+    )
+    assert statistic < CHI2_P999[len(support) - 1]
 
 
+def tempered(probs: Sequence[float], temperature: float, top_k: int | None = None) -> list[float]:
+    """The distribution to sample from: probs ** (1 / T), the top_k most likely kept, renormalised."""
+    powered = [p ** (1 / temperature) for p in probs]
+    if top_k is not None:
+        kth = sorted(powered, reverse=True)[top_k - 1]
+        powered = [p if p >= kth else 0.0 for p in powered]
+    return [p / sum(powered) for p in powered]
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
-def test_temperature_sampling_matches_the_tempered_distribution(temperature: float) -> None:
+def test_temperature_sampling_matches_the_tempered_distribution(
+    temperature: float, top_k: int | None
+) -> None:
     probs = (0.1, 0.2, 0.3, 0.4)
-    tempered = [p ** (1 / temperature) for p in probs]
-    expected = [p / sum(tempered) for p in tempered]
-    counts = draw_support(probs, SamplingParams(temperature=temperature), num_rows=20000)
-    assert chi_square(counts, expected) < CHI2_DF3_P999
+    counts = draw_support(probs, SamplingParams(temperature=temperature, top_k=top_k), num_rows=20000)
+    assert_follows(counts, tempered(probs, temperature, top_k))
 
 
-def test_seeded_rows_follow_the_distribution() -> None:
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_seeded_rows_follow_the_distribution(top_k: int | None) -> None:
     probs = (0.1, 0.2, 0.3, 0.4)
-    requests = [sampling_request(SamplingParams(seed=seed)) for seed in range(4000)]
+    requests = [sampling_request(SamplingParams(seed=seed, top_k=top_k)) for seed in range(4000)]
     counts = Counter(sample(log_probs_logits(probs, 4000), requests)[0])
-    assert chi_square(counts, probs) < CHI2_DF3_P999
+    assert_follows(counts, tempered(probs, 1.0, top_k))
 
 
 # --- validation ----------------------------------------------------------------------------------------------
@@ -353,8 +449,9 @@ def test_seeded_rows_follow_the_distribution() -> None:
 def test_metadata_neutralises_off_settings() -> None:
     requests = [sampling_request(SamplingParams(top_k=0)), sampling_request(SamplingParams(top_k=1000))]
     metadata = SamplingMetadata.from_requests(requests, 50, CPU)
-    assert metadata.top_k is None and metadata.top_p is None and metadata.greedy_mask is None
-    assert metadata.temperature is not None and metadata.temperature.tolist() == [1.0, 1.0]
+    rows = metadata.full_vocab_rows
+    assert metadata.top_k_rows is None and rows is not None and rows.row_ids is None
+    assert rows.top_k is None and rows.top_p is None and rows.min_p is None and rows.temperature is None
 
 
 def test_bad_inputs_raise_value_errors() -> None:

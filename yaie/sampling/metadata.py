@@ -4,9 +4,12 @@
 a field is None when no row needs that stage, so an all-greedy batch without penalties, bias or logprobs
 carries nothing but `all_greedy=True` and the sampler reduces to one argmax.
 
-Seeded rows get a fresh generator per step, derived statelessly from (seed, sample_index, num_output_tokens):
-the same seed yields the same tokens alone, in any batch and after preemption (recompute keeps the counters),
-while the n samples of one prompt (different sample_index) still differ.
+Random rows fall in two groups, chosen by each row's own settings: rows with top-k are sampled among their k
+most likely tokens only; the others over the whole vocabulary. Either way the token is drawn by inverse CDF
+from one uniform number per row. A seeded row's uniform is derived statelessly from
+(seed, sample_index, num_output_tokens) by a 64-bit hash, with no generator state: the same seed yields the
+same tokens alone, in any batch, on any device and after preemption (recompute keeps the counters), while the
+n samples of one prompt (different sample_index) still differ.
 """
 
 from __future__ import annotations
@@ -23,28 +26,41 @@ _MASK_64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
-class SamplingMetadata:
-    """Per-row sampling settings as tensors [N] on the logits' device.
+class RandomRows:
+    """A group of random (temperature > 0) rows sampled the same way; their settings gathered as [R] tensors.
 
-    `temperature` is None when every row is greedy; greedy rows hold 1.0 there (their sample is replaced by
-    the argmax, see `greedy_mask`, which is set only when some but not all rows are greedy).
-    `top_k` holds V on rows without top-k, `top_p` 1.0, `min_p` 0.0; each is None when no random row uses it.
-    `seeded_row_ids[i]` samples with `generators[i]`; other random rows share the sampler's generator.
+    `row_ids` [R] are the group's rows in the batch; None when the group is the whole batch, in order.
+    `temperature` is None when every row's is 1.0. `top_k` [R] is set (every k < V, `max_top_k` the largest)
+    only for the top-k group. `top_p` (1.0 = off) and `min_p` (0.0 = off) are None when no row uses them.
+    `seeded_positions` [S] index the group's seeded rows, which use `seeded_uniforms` [S] in [0, 1) instead
+    of the sampler's generator.
+    """
+
+    num_rows: int
+    row_ids: torch.Tensor | None  # [R] int64
+    temperature: torch.Tensor | None  # [R] float32
+    top_k: torch.Tensor | None  # [R] int64
+    max_top_k: int
+    top_p: torch.Tensor | None  # [R] float32
+    min_p: torch.Tensor | None  # [R] float32
+    seeded_positions: torch.Tensor | None  # [S] int64
+    seeded_uniforms: torch.Tensor | None  # [S] float32
+
+
+@dataclass(frozen=True)
+class SamplingMetadata:
+    """Everything the sampler needs for one step, N rows (one per request that samples), tensors on `device`.
+
+    Greedy rows are the argmax; `top_k_rows` and `full_vocab_rows` are the random groups (None when empty).
     `logprob_row_ids` are the rows that asked for logprobs, `num_logprobs` how many alternatives each wants.
     """
 
     num_rows: int
     all_greedy: bool
     any_greedy: bool
-    temperature: torch.Tensor | None  # [N] float32
-    greedy_mask: torch.Tensor | None  # [N] bool
-    top_k: torch.Tensor | None  # [N] int64
-    max_top_k: int
-    top_p: torch.Tensor | None  # [N] float32
-    min_p: torch.Tensor | None  # [N] float32
+    top_k_rows: RandomRows | None
+    full_vocab_rows: RandomRows | None
     edits: LogitEdits
-    seeded_row_ids: tuple[int, ...]
-    generators: tuple[torch.Generator, ...]
     logprob_row_ids: torch.Tensor | None  # [L] int64
     num_logprobs: tuple[int, ...]  # [L]
     max_num_logprobs: int | None
@@ -64,36 +80,32 @@ class SamplingMetadata:
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         params = [request.sampling_params for request in requests]
-        num_greedy = sum(p.is_greedy for p in params)
-        all_greedy = num_greedy == len(params)
+        has_top_k = [_top_k(p, vocab_size) is not None for p in params]
+        top_k_rows = [row for row, flag in enumerate(has_top_k) if flag]
+        full_vocab_rows = [row for row, p in enumerate(params) if not p.is_greedy and not has_top_k[row]]
+        num_greedy = len(params) - len(top_k_rows) - len(full_vocab_rows)
         logprob_rows = [row for row, p in enumerate(params) if p.logprobs is not None]
-        logprob_row_ids = (
-            torch.tensor(logprob_rows, dtype=torch.int64, device=device) if logprob_rows else None
-        )
         num_logprobs = tuple(params[row].logprobs or 0 for row in logprob_rows)
-        random_fields = _RandomFields() if all_greedy else _build_random_fields(params, vocab_size, device)
-        seeded_row_ids, generators = _build_generators(requests, device)
         return cls(
             num_rows=len(params),
-            all_greedy=all_greedy,
+            all_greedy=num_greedy == len(params),
             any_greedy=num_greedy > 0,
-            temperature=random_fields.temperature,
-            greedy_mask=random_fields.greedy_mask,
-            top_k=random_fields.top_k,
-            max_top_k=random_fields.max_top_k or vocab_size,
-            top_p=random_fields.top_p,
-            min_p=random_fields.min_p,
+            top_k_rows=_build_random_rows(requests, top_k_rows, vocab_size, device),
+            full_vocab_rows=_build_random_rows(requests, full_vocab_rows, vocab_size, device),
             edits=build_logit_edits(requests, vocab_size, device),
-            seeded_row_ids=seeded_row_ids,
-            generators=generators,
-            logprob_row_ids=logprob_row_ids,
+            logprob_row_ids=_int_tensor(logprob_rows, device) if logprob_rows else None,
             num_logprobs=num_logprobs,
             max_num_logprobs=max(num_logprobs) if num_logprobs else None,
         )
 
 
+def seeded_uniform(seed: int, sample_index: int, step: int) -> float:
+    """A uniform number in [0, 1) with 24 random bits (float32's resolution), a pure function of its inputs."""
+    return (mix_seed(seed, sample_index, step) >> 40) * 2.0**-24
+
+
 def mix_seed(seed: int, sample_index: int, step: int) -> int:
-    """A 64-bit generator seed from (request seed, sample index, output position); splitmix64 chained."""
+    """A 64-bit hash of (request seed, sample index, output position): splitmix64, chained."""
     state = _splitmix64(seed & _MASK_64)
     state = _splitmix64(state ^ (sample_index & _MASK_64))
     return _splitmix64(state ^ (step & _MASK_64))
@@ -106,58 +118,52 @@ def _splitmix64(value: int) -> int:
     return value ^ (value >> 31)
 
 
-@dataclass(frozen=True)
-class _RandomFields:
-    """The tensors only random (temperature > 0) rows use; all None for an all-greedy batch."""
-
-    temperature: torch.Tensor | None = None
-    greedy_mask: torch.Tensor | None = None
-    top_k: torch.Tensor | None = None
-    max_top_k: int | None = None
-    top_p: torch.Tensor | None = None
-    min_p: torch.Tensor | None = None
+def _top_k(params: SamplingParams, vocab_size: int) -> int | None:
+    """The row's effective top-k: None when greedy, off (None / 0) or not below the vocabulary size."""
+    if params.is_greedy or not params.top_k or params.top_k >= vocab_size:
+        return None
+    return params.top_k
 
 
-def _build_random_fields(
-    params: Sequence[SamplingParams], vocab_size: int, device: torch.device
-) -> _RandomFields:
-    """Greedy rows are neutral in every field (their token is the argmax whatever these hold)."""
-    temperature: list[float] = []
-    top_k: list[int] = []
-    top_p: list[float] = []
-    min_p: list[float] = []
-    for p in params:
-        temperature.append(1.0 if p.is_greedy else p.temperature)
-        top_k.append(vocab_size if p.is_greedy or not p.top_k else min(p.top_k, vocab_size))
-        top_p.append(1.0 if p.is_greedy else p.top_p)
-        min_p.append(0.0 if p.is_greedy else p.min_p)
-    is_greedy = [p.is_greedy for p in params]
-    uses_top_k = any(k < vocab_size for k in top_k)
-    return _RandomFields(
-        temperature=_float_tensor(temperature, device),
-        greedy_mask=torch.tensor(is_greedy, dtype=torch.bool, device=device) if any(is_greedy) else None,
-        top_k=torch.tensor(top_k, dtype=torch.int64, device=device) if uses_top_k else None,
-        max_top_k=max(top_k) if uses_top_k else None,
-        top_p=_float_tensor(top_p, device) if any(p < 1.0 for p in top_p) else None,
-        min_p=_float_tensor(min_p, device) if any(p > 0.0 for p in min_p) else None,
+def _build_random_rows(
+    requests: Sequence[Request], row_ids: list[int], vocab_size: int, device: torch.device
+) -> RandomRows | None:
+    if not row_ids:
+        return None
+    params = [requests[row].sampling_params for row in row_ids]
+    top_k = [_top_k(p, vocab_size) or vocab_size for p in params]
+    seeded_positions: list[int] = []
+    seeded_uniforms: list[float] = []
+    for position, row in enumerate(row_ids):
+        request = requests[row]
+        seed = request.sampling_params.seed
+        if seed is not None:
+            seeded_positions.append(position)
+            seeded_uniforms.append(seeded_uniform(seed, request.sample_index, request.num_output_tokens))
+    return RandomRows(
+        num_rows=len(row_ids),
+        row_ids=None if row_ids == list(range(len(requests))) else _int_tensor(row_ids, device),
+        temperature=_unless_all_neutral([p.temperature for p in params], 1.0, torch.float32, device),
+        top_k=_unless_all_neutral(top_k, vocab_size, torch.int64, device),
+        max_top_k=max((k for k in top_k if k < vocab_size), default=0),
+        top_p=_unless_all_neutral([p.top_p for p in params], 1.0, torch.float32, device),
+        min_p=_unless_all_neutral([p.min_p for p in params], 0.0, torch.float32, device),
+        seeded_positions=_int_tensor(seeded_positions, device) if seeded_positions else None,
+        seeded_uniforms=_float_tensor(seeded_uniforms, device) if seeded_positions else None,
     )
 
 
-def _build_generators(
-    requests: Sequence[Request], device: torch.device
-) -> tuple[tuple[int, ...], tuple[torch.Generator, ...]]:
-    """One generator per seeded random row, seeded from (seed, sample_index, num_output_tokens)."""
-    row_ids: list[int] = []
-    generators: list[torch.Generator] = []
-    for row, request in enumerate(requests):
-        params = request.sampling_params
-        if params.seed is None or params.is_greedy:
-            continue
-        generator = torch.Generator(device=device)
-        generator.manual_seed(mix_seed(params.seed, request.sample_index, request.num_output_tokens))
-        row_ids.append(row)
-        generators.append(generator)
-    return tuple(row_ids), tuple(generators)
+def _unless_all_neutral(
+    values: list[float] | list[int], neutral: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """The values as a tensor, or None when all are `neutral` (the stage is off for the whole group)."""
+    if all(value == neutral for value in values):
+        return None
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _int_tensor(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64, device=device)
 
 
 def _float_tensor(values: list[float], device: torch.device) -> torch.Tensor:

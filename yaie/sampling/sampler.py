@@ -7,8 +7,11 @@ Stages, each skipped when no row of the batch needs it:
      truncated one a token was drawn from, so they stay comparable across sampling settings.
   3. greedy rows: argmax of the stage-1 logits (exactly torch.argmax of the raw logits without edits; ties
      go to the first index)
-  4. random rows: temperature -> top-k -> top-p -> min-p -> exponential race argmax(p / Exp(1)), which draws
-     from p. Seeded rows draw their noise from their own generator, so their draw does not depend on the batch.
+  4. random rows: temperature -> top-k -> top-p -> min-p, then inverse-CDF sampling with one uniform per row.
+     Rows with top-k work on their k candidates only (`topk`), never touching the full vocabulary again.
+     Other rows turn top-p and min-p into one probability cutoff per row and mask once. Top-p's cutoff is
+     searched among a bounded set of candidates, widened only for rows whose nucleus is larger: a
+     full-vocabulary sort is the slowest thing a sampler can do on CPU.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from yaie.sampling.metadata import SamplingMetadata
+from yaie.sampling.metadata import RandomRows, SamplingMetadata
 from yaie.sampling.penalties import apply_logit_edits
 from yaie.types import TokenLogprob
 
-_TINY = torch.finfo(torch.float32).tiny
+TOP_P_NUM_CANDIDATES = 256  # first search width for a top-p nucleus; rows that need more retry 16x wider
+_TOP_P_CANDIDATE_GROWTH = 16
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class SamplerOutput:
 class Sampler:
     """Samples one token per row. `logits` is consumed: the sampler may write into it.
 
-    Unseeded random rows share one generator seeded with `seed`, so a run is reproducible as a whole.
+    Unseeded random rows draw their uniforms from one generator seeded with `seed`, so a run is reproducible
+    as a whole; seeded rows bring their own (see SamplingMetadata).
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -60,65 +65,124 @@ class Sampler:
     def _sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         if metadata.all_greedy:
             return logits.argmax(dim=-1)
-        greedy_ids = logits.argmax(dim=-1) if metadata.any_greedy else None  # [N]
-        assert metadata.temperature is not None
-        logits.div_(metadata.temperature.unsqueeze(1))
-        logits = apply_top_k_top_p(logits, metadata.top_k, metadata.top_p, metadata.max_top_k)
-        probs = logits.softmax(dim=-1)  # [N, V]
-        if metadata.min_p is not None:
-            apply_min_p(probs, metadata.min_p)
-        random_ids = self._exponential_race(probs, metadata)
-        if greedy_ids is None:
-            return random_ids
-        assert metadata.greedy_mask is not None
-        return torch.where(metadata.greedy_mask, greedy_ids, random_ids)
+        if metadata.any_greedy:
+            token_ids = logits.argmax(dim=-1)  # [N]; random rows are overwritten below
+        else:
+            token_ids = torch.empty(metadata.num_rows, dtype=torch.int64, device=logits.device)
+        # The top-k group only reads `logits`; the full-vocabulary group may write into it, so it goes last.
+        groups = (
+            (metadata.top_k_rows, sample_top_k_rows),
+            (metadata.full_vocab_rows, sample_full_vocab_rows),
+        )
+        for rows, sample_rows in groups:
+            if rows is None:
+                continue
+            uniforms = self._uniforms(rows, logits.device)
+            if rows.row_ids is None:
+                token_ids = sample_rows(logits, rows, uniforms)
+            else:
+                token_ids[rows.row_ids] = sample_rows(logits[rows.row_ids], rows, uniforms)
+        return token_ids
 
-    def _exponential_race(self, probs: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        """argmax(p / q) with q ~ Exp(1) i.i.d. picks token i with probability p_i (p need not sum to 1)."""
-        noise = torch.empty_like(probs)  # [N, V]
-        if len(metadata.seeded_row_ids) < metadata.num_rows:
-            noise.exponential_(generator=self._generator_on(probs.device))
-        for row, generator in zip(metadata.seeded_row_ids, metadata.generators, strict=True):
-            noise[row].exponential_(generator=generator)
-        return probs.div_(noise.clamp_min_(_TINY)).argmax(dim=-1)
-
-    def _generator_on(self, device: torch.device) -> torch.Generator:
+    def _uniforms(self, rows: RandomRows, device: torch.device) -> torch.Tensor:
+        """One uniform in [0, 1) per row [R]: the seeded rows' own, the others' from the sampler's generator."""
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self._seed)
-        return self._generator
+        uniforms = torch.rand(rows.num_rows, generator=self._generator, device=device)
+        if rows.seeded_positions is not None and rows.seeded_uniforms is not None:
+            uniforms[rows.seeded_positions] = rows.seeded_uniforms
+        return uniforms
 
 
-def apply_top_k_top_p(
-    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, max_top_k: int
-) -> torch.Tensor:
-    """Set to -inf the logits [N, V] outside each row's top-k, then outside its top-p nucleus.
+def sample_top_k_rows(logits: torch.Tensor, rows: RandomRows, uniforms: torch.Tensor) -> torch.Tensor:
+    """Token ids [R] for rows that all have top-k: temperature, top-p and min-p act on the k candidates only.
 
-    top_k [N] (V = off), top_p [N] (1.0 = off). The nucleus is the smallest set of most likely tokens whose
-    mass reaches top_p; the most likely token is always kept. Ties at the k-th value are all kept.
+    A row's result does not depend on the batch's `max_top_k`: masses are relative to the row's best token,
+    the nucleus comes from a running sum (trailing masked candidates add exact zeros), and the draw walks the
+    kept candidates in token-id order, so the order topk gives to tied logits does not matter either.
     """
-    if top_k is None and top_p is None:
-        return logits
-    if top_p is None:
-        assert top_k is not None
-        top_values = logits.topk(max_top_k, dim=-1).values  # [N, max_top_k], descending
-        kth_values = top_values.gather(1, (top_k.clamp(max=max_top_k) - 1).unsqueeze(1))  # [N, 1]
-        return logits.masked_fill_(logits < kth_values, float("-inf"))
-    sorted_logits, sorted_ids = logits.sort(dim=-1)  # ascending: [N, V]
-    if top_k is not None:
-        kth_values = sorted_logits.gather(1, (logits.shape[1] - top_k).unsqueeze(1))  # [N, 1]
-        sorted_logits.masked_fill_(sorted_logits < kth_values, float("-inf"))
-    cumulative = sorted_logits.softmax(dim=-1).cumsum_(dim=-1)  # [N, V], mass of tokens up to and incl. each
-    outside_nucleus = cumulative <= (1.0 - top_p).unsqueeze(1)
-    outside_nucleus[:, -1] = False
-    sorted_logits.masked_fill_(outside_nucleus, float("-inf"))
-    return logits.scatter_(1, sorted_ids, sorted_logits)
+    assert rows.top_k is not None
+    values, candidate_ids = logits.topk(rows.max_top_k, dim=-1)  # [R, K], descending
+    if rows.temperature is not None:
+        values = values / rows.temperature.unsqueeze(1)
+    positions = torch.arange(values.shape[1], device=values.device).unsqueeze(0)  # [1, K]
+    keep = positions < rows.top_k.unsqueeze(1)  # [R, K]
+    masses = torch.exp(values - values[:, :1]).masked_fill_(~keep, 0.0)  # [R, K], p / p_max
+    if rows.top_p is not None:
+        cumulative = masses.cumsum(dim=-1)  # [R, K]
+        row_top_p = rows.top_p.unsqueeze(1)  # [R, 1]
+        in_nucleus = (cumulative - masses) < row_top_p * cumulative[:, -1:]
+        keep &= in_nucleus | (row_top_p >= 1.0)
+    if rows.min_p is not None:
+        keep &= masses >= rows.min_p.unsqueeze(1)
+    masses.masked_fill_(~keep, 0.0)
+    sorted_ids, order = candidate_ids.sort(dim=-1)  # [R, K]
+    picked = inverse_cdf_sample(masses.gather(1, order), uniforms)  # [R] positions in sorted_ids
+    return sorted_ids.gather(1, picked.unsqueeze(1)).squeeze(1)
 
 
-def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
-    """Zero, in place, the probs [N, V] below min_p [N] times the row's largest probability (0.0 = off)."""
-    threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)  # [N, 1]
-    return probs.masked_fill_(probs < threshold, 0.0)
+def sample_full_vocab_rows(logits: torch.Tensor, rows: RandomRows, uniforms: torch.Tensor) -> torch.Tensor:
+    """Token ids [R] for rows without top-k; writes into `logits` [R, V].
+
+    Top-p and min-p each keep the tokens whose probability reaches a per-row cutoff (min-p's, min_p * p_max,
+    is unaffected by renormalising after top-p), so they combine into the larger cutoff and one mask.
+    """
+    if rows.temperature is not None:
+        logits.div_(rows.temperature.unsqueeze(1))
+    probs = logits.softmax(dim=-1)  # [R, V]
+    cutoffs = None  # [R, 1] probabilities
+    if rows.top_p is not None:
+        cutoffs = top_p_cutoffs(probs, rows.top_p)
+    if rows.min_p is not None:
+        min_p_cutoffs = probs.amax(dim=-1, keepdim=True) * rows.min_p.unsqueeze(1)
+        cutoffs = min_p_cutoffs if cutoffs is None else torch.maximum(cutoffs, min_p_cutoffs)
+    if cutoffs is not None:
+        probs.masked_fill_(probs < cutoffs, 0.0)
+    return inverse_cdf_sample(probs, uniforms)
+
+
+def top_p_cutoffs(
+    probs: torch.Tensor, top_p: torch.Tensor, num_candidates: int = TOP_P_NUM_CANDIDATES
+) -> torch.Tensor:
+    """The smallest probability [R, 1] each row's top-p nucleus keeps (0.0 where top_p is 1.0).
+
+    probs [R, V] are normalised. The nucleus is the smallest set of most likely tokens whose mass reaches
+    top_p: a token is kept iff the mass of the tokens ranked before it is below top_p, so the most likely
+    token always is. It is searched among the `num_candidates` most likely tokens; rows whose candidates hold
+    less than top_p are redone with 16x as many, up to a full sort. Ties at the cutoff are all kept.
+    """
+    vocab_size = probs.shape[1]
+    if num_candidates >= vocab_size:
+        candidates = probs.sort(dim=-1, descending=True).values  # [R, V]
+    else:
+        candidates = probs.topk(num_candidates, dim=-1).values  # [R, K], descending
+    cumulative = candidates.cumsum(dim=-1)  # [R, K]
+    row_top_p = top_p.unsqueeze(1)  # [R, 1]
+    num_kept = ((cumulative - candidates) < row_top_p).sum(dim=-1, keepdim=True)  # [R, 1], >= 1
+    applies = row_top_p < 1.0
+    cutoffs = torch.where(applies, candidates.gather(1, num_kept - 1), 0.0)
+    if num_candidates < vocab_size:
+        is_incomplete = (applies & (cumulative[:, -1:] < row_top_p)).squeeze(1)  # [R]
+        if bool(is_incomplete.any()):
+            redo = is_incomplete.nonzero().squeeze(1)
+            wider = num_candidates * _TOP_P_CANDIDATE_GROWTH
+            cutoffs[redo] = top_p_cutoffs(probs[redo], top_p[redo], num_candidates=wider)
+    return cutoffs
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index i of each row with probability probs[i] / sum(probs), chosen by uniforms [N] in [0, 1).
+
+    probs [N, V] need not sum to 1 and is overwritten by its running sum. A zero-probability entry is never
+    chosen: the target stays strictly below the row total, and searchsorted returns the first index whose
+    running sum exceeds the target, which must have added positive mass.
+    """
+    cdf = probs.cumsum_(dim=-1)  # [N, V]
+    totals = cdf[:, -1:]  # [N, 1]
+    targets = torch.minimum(uniforms.unsqueeze(1) * totals, torch.nextafter(totals, torch.zeros_like(totals)))
+    token_ids = torch.searchsorted(cdf, targets, right=True).squeeze(1)  # [N]
+    return token_ids.clamp_(max=probs.shape[1] - 1)
 
 
 def _collect_logprobs(
