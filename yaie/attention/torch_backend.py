@@ -29,7 +29,12 @@ class TorchPagedAttention:
         kv_cache[1].index_copy_(0, meta.slot_mapping, v)
         num_decode = meta.num_decode_tokens
         out = torch.empty_like(q)
-        if meta.decode is not None:
+        if meta.decode is not None and meta.decode_kernel is not None:
+            out[:num_decode] = meta.decode_kernel(
+                q[:num_decode].contiguous(), kv_cache[0], kv_cache[1], meta.decode.block_table,
+                meta.decode.context_lens, meta.block_size, self.scale,
+            )
+        elif meta.decode is not None:
             out[:num_decode] = self._attend(q[:num_decode], kv_cache, meta.decode)
         if meta.prefill is not None:
             out[num_decode:] = self._attend(q[num_decode:], kv_cache, meta.prefill)
@@ -38,6 +43,7 @@ class TorchPagedAttention:
     def _attend(self, q: torch.Tensor, kv_cache: torch.Tensor, group: GroupMetadata) -> torch.Tensor:
         # q: [Tg, Hq, D] -> [Tg, Hq, D]
         num_seqs, max_q, max_ctx = group.num_seqs, group.max_query_len, group.max_context_len
+        assert group.gather_slots is not None and group.attend_mask is not None
         flat_slots = group.gather_slots.view(-1)
         key = kv_cache[0].index_select(0, flat_slots).view(num_seqs, max_ctx, self.num_kv_heads, self.head_dim)
         value = kv_cache[1].index_select(0, flat_slots).view(num_seqs, max_ctx, self.num_kv_heads, self.head_dim)

@@ -81,7 +81,7 @@ class OutputProcessor:
         stop_string = detok.update(update.new_token_ids) if update.new_token_ids else None
         reason = update.finish_reason
         child = update.request
-        if stop_string is not None and reason is None or stop_string is not None and reason is FinishReason.LENGTH:
+        if stop_string is not None and reason in (None, FinishReason.LENGTH):
             reason, child.stop_reason = FinishReason.STOP, stop_string
         finish = None if reason is None else reason.value
         state.finish_reasons[index] = finish

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from yaie.attention.cpu_kernel import DecodeKernel
 from yaie.attention.metadata import AttentionMetadata, GroupMetadata
 from yaie.scheduler.output import ScheduledChunk, SchedulerOutput
 
@@ -24,7 +25,9 @@ class StepInputs:
     sample_chunk_indices: list[int]  # [N] scheduler chunk index of each logits row
 
 
-def prepare_inputs(sched: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
+def prepare_inputs(
+    sched: SchedulerOutput, block_size: int, device: torch.device, decode_kernel: DecodeKernel | None = None
+) -> StepInputs:
     order = sorted(range(len(sched.chunks)), key=lambda i: sched.chunks[i].num_tokens > 1)
     chunks = [sched.chunks[i] for i in order]
     num_decode = sum(1 for c in chunks if c.num_tokens == 1)
@@ -44,15 +47,19 @@ def prepare_inputs(sched: SchedulerOutput, block_size: int, device: torch.device
     positions_t = torch.tensor(positions, dtype=torch.long)
     seq_t = torch.tensor(seq_of_token, dtype=torch.long)
     slot_mapping = block_table[seq_t, positions_t // block_size] * block_size + positions_t % block_size
-    decode = _group(chunks[:num_decode], block_table[:num_decode], block_size) if num_decode else None
+    gather = decode_kernel is None
+    decode = _group(chunks[:num_decode], block_table[:num_decode], block_size, gather) if num_decode else None
     prefill = (
-        _group(chunks[num_decode:], block_table[num_decode:], block_size) if num_decode < len(chunks) else None
+        _group(chunks[num_decode:], block_table[num_decode:], block_size, True)
+        if num_decode < len(chunks) else None
     )
     attn = AttentionMetadata(
         slot_mapping=slot_mapping.to(device),
+        block_size=block_size,
         num_decode_tokens=num_decode,
         decode=_to(decode, device),
         prefill=_to(prefill, device),
+        decode_kernel=decode_kernel,
     )
     return StepInputs(
         input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
@@ -69,12 +76,16 @@ def _block_table(chunks: list[ScheduledChunk]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _group(chunks: list[ScheduledChunk], block_table: torch.Tensor, block_size: int) -> GroupMetadata:
-    """Padded gather indices and causal masks for a batch of sequences (see GroupMetadata)."""
+def _group(
+    chunks: list[ScheduledChunk], block_table: torch.Tensor, block_size: int, gather: bool
+) -> GroupMetadata:
+    """Block tables, and for the gather path padded gather indices and causal masks (see GroupMetadata)."""
     query_lens = torch.tensor([c.num_tokens for c in chunks], dtype=torch.long)  # [B]
     starts = torch.tensor([c.start_position for c in chunks], dtype=torch.long)  # [B]
     context_lens = starts + query_lens
     max_q, max_ctx = int(query_lens.max()), int(context_lens.max())
+    if not gather:
+        return GroupMetadata(len(chunks), max_q, max_ctx, block_table, context_lens, None, None, None)
     ctx_pos = torch.arange(max_ctx)  # [L]
     gather_slots = block_table.gather(1, (ctx_pos // block_size).expand(len(chunks), -1).clamp(
         max=block_table.shape[1] - 1)) * block_size + ctx_pos % block_size  # [B, L]
@@ -91,6 +102,8 @@ def _group(chunks: list[ScheduledChunk], block_table: torch.Tensor, block_size: 
         num_seqs=len(chunks),
         max_query_len=max_q,
         max_context_len=max_ctx,
+        block_table=block_table,
+        context_lens=context_lens,
         gather_slots=gather_slots,
         attend_mask=mask.unsqueeze(1),
         query_rows=query_rows,
@@ -100,11 +113,16 @@ def _group(chunks: list[ScheduledChunk], block_table: torch.Tensor, block_size: 
 def _to(group: GroupMetadata | None, device: torch.device) -> GroupMetadata | None:
     if group is None or device.type == "cpu":
         return group
+    def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device, non_blocking=True)
+
     return GroupMetadata(
         num_seqs=group.num_seqs,
         max_query_len=group.max_query_len,
         max_context_len=group.max_context_len,
-        gather_slots=group.gather_slots.to(device, non_blocking=True),
-        attend_mask=group.attend_mask.to(device, non_blocking=True),
-        query_rows=None if group.query_rows is None else group.query_rows.to(device, non_blocking=True),
+        block_table=group.block_table.to(device, non_blocking=True),
+        context_lens=group.context_lens.to(device, non_blocking=True),
+        gather_slots=move(group.gather_slots),
+        attend_mask=move(group.attend_mask),
+        query_rows=move(group.query_rows),
     )

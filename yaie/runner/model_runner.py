@@ -10,6 +10,7 @@ import logging
 
 import torch
 
+from yaie.attention.cpu_kernel import load_decode_kernel
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.input_batch import prepare_inputs
 from yaie.sampling.metadata import SamplingMetadata
@@ -36,10 +37,13 @@ class ModelRunner:
         self.vocab_size = model.arch.vocab_size
         self.sampler = Sampler(seed=seed)
         self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, kv_dtype, device)
+        use_kernel = device.type == "cpu" and kv_dtype == torch.float32
+        self.decode_kernel = load_decode_kernel() if use_kernel else None
+        logger.info("decode attention: %s", "paged C kernel" if self.decode_kernel else "PyTorch gather + SDPA")
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        inputs = prepare_inputs(sched, self.block_size, self.device)
+        inputs = prepare_inputs(sched, self.block_size, self.device, self.decode_kernel)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)  # [T, H]
         sampled: list[int | None] = [None] * len(sched.chunks)
         logprobs: list[TokenLogprob | None] = [None] * len(sched.chunks)

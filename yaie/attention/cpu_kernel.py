@@ -1,0 +1,86 @@
+"""Build and call the C paged-decode-attention kernel (csrc/paged_attention.c) for float32 on CPU.
+
+Built once with the system C compiler into ~/.cache/yaie/kernels (keyed by the source's hash) and loaded with
+ctypes, so it needs no PyTorch headers and builds in about a second. `load_decode_kernel()` returns None
+when no compiler is present or the build fails; callers then use the PyTorch reference path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
+CFLAGS = ["-O3", "-march=x86-64-v3", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+
+
+class DecodeKernel:
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._fn = lib.yaie_paged_decode_attention
+        self._fn.restype = ctypes.c_int
+        self._fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        context_lens: torch.Tensor,
+        block_size: int,
+        scale: float,
+    ) -> torch.Tensor:
+        # q: [B, Hq, D] contiguous; k_cache, v_cache: [S, Hkv, D]; block_table: [B, M] int64; context_lens: [B]
+        num_seqs, num_heads, head_dim = q.shape
+        out = torch.empty_like(q)
+        status = self._fn(
+            q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_table.data_ptr(),
+            context_lens.data_ptr(), out.data_ptr(), num_seqs, num_heads, k_cache.shape[1], head_dim,
+            block_size, block_table.shape[1], scale,
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise RuntimeError(f"paged decode attention kernel failed with status {status}")
+        return out
+
+
+@lru_cache(maxsize=1)
+def load_decode_kernel() -> DecodeKernel | None:
+    if os.environ.get("YAIE_DISABLE_CPU_KERNEL") == "1":
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("no C compiler found: using the PyTorch reference attention (slower)")
+        return None
+    try:
+        return DecodeKernel(ctypes.CDLL(str(_build(compiler))))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        logger.warning("building the CPU attention kernel failed (%s): using the PyTorch reference", exc)
+        return None
+
+
+def _build(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    cache_dir = Path(os.environ.get("YAIE_CACHE_DIR", Path.home() / ".cache" / "yaie")) / "kernels"
+    target = cache_dir / f"paged_attention_{digest}.so"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True,
+                       capture_output=True, timeout=120)
+        os.replace(built, target)  # atomic: concurrent builders never load a half-written file
+    return target

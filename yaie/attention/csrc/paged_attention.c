@@ -1,0 +1,75 @@
+/* Paged decode attention for CPU (float32): one query token per sequence, K/V read in place through the
+ * block table -- no gather copy. Work is split over (sequence, kv head) pairs with OpenMP; within a pair every
+ * K/V row is loaded once and used by all the query heads of its GQA group.
+ *
+ * Layouts: q, out [B, Hq, D]; k_cache, v_cache [S, Hkv, D] (S = num_blocks * block_size);
+ * block_table [B, max_blocks]; context_lens [B]. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_GROUP 16
+
+static void attend_one(const float *q, const float *k_cache, const float *v_cache, const int64_t *blocks,
+                       int64_t ctx, int group, int num_kv_heads, int head_dim, int block_size, int kv_head,
+                       float scale, float *scores, float *out) {
+    for (int64_t t = 0; t < ctx; t++) {
+        int64_t slot = blocks[t / block_size] * block_size + t % block_size;
+        const float *k = k_cache + (slot * num_kv_heads + kv_head) * head_dim;
+        for (int g = 0; g < group; g++) {
+            const float *qg = q + g * head_dim;
+            float dot = 0.f;
+            for (int d = 0; d < head_dim; d++) dot += qg[d] * k[d];
+            scores[g * ctx + t] = dot * scale;
+        }
+    }
+    for (int g = 0; g < group; g++) {
+        float *s = scores + g * ctx;
+        float max_score = -INFINITY, sum = 0.f;
+        for (int64_t t = 0; t < ctx; t++) max_score = s[t] > max_score ? s[t] : max_score;
+        for (int64_t t = 0; t < ctx; t++) { s[t] = expf(s[t] - max_score); sum += s[t]; }
+        float inv = 1.f / sum;
+        for (int64_t t = 0; t < ctx; t++) s[t] *= inv;
+        memset(out + g * head_dim, 0, sizeof(float) * head_dim);
+    }
+    for (int64_t t = 0; t < ctx; t++) {
+        int64_t slot = blocks[t / block_size] * block_size + t % block_size;
+        const float *v = v_cache + (slot * num_kv_heads + kv_head) * head_dim;
+        for (int g = 0; g < group; g++) {
+            float p = scores[g * ctx + t];
+            float *o = out + g * head_dim;
+            for (int d = 0; d < head_dim; d++) o[d] += p * v[d];
+        }
+    }
+}
+
+int yaie_paged_decode_attention(const float *q, const float *k_cache, const float *v_cache,
+                                const int64_t *block_table, const int64_t *context_lens, float *out,
+                                int num_seqs, int num_heads, int num_kv_heads, int head_dim, int block_size,
+                                int max_blocks, float scale, int num_threads) {
+    int group = num_heads / num_kv_heads;
+    if (group > MAX_GROUP || group * num_kv_heads != num_heads) return -1;
+    int64_t max_ctx = 0;
+    for (int b = 0; b < num_seqs; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *scores = (float *)malloc(sizeof(float) * group * (max_ctx > 0 ? max_ctx : 1));
+        if (!scores) {
+            failed = 1;
+        } else {
+#pragma omp for schedule(dynamic, 1) collapse(2)
+            for (int b = 0; b < num_seqs; b++) {
+                for (int h = 0; h < num_kv_heads; h++) {
+                    const float *qb = q + ((int64_t)b * num_heads + (int64_t)h * group) * head_dim;
+                    float *ob = out + ((int64_t)b * num_heads + (int64_t)h * group) * head_dim;
+                    attend_one(qb, k_cache, v_cache, block_table + (int64_t)b * max_blocks, context_lens[b],
+                               group, num_kv_heads, head_dim, block_size, h, scale, scores, ob);
+                }
+            }
+            free(scores);
+        }
+    }
+    return failed ? -2 : 0;
+}
