@@ -76,12 +76,31 @@ def test_both_stream_decoders_match_a_full_decode(
     prompt_ids = encode(tokenizer, PROMPT)[-4:]
     token_ids = encode(tokenizer, MULTI_BYTE_TEXT + "<|im_end|> and more")
     if decoder_kind is FastStreamDecoder:
-        decoder: StreamDecoder = FastStreamDecoder(tokenizer.backend_tokenizer, prompt_ids, True)
+        decoder: StreamDecoder = FastStreamDecoder(tokenizer, prompt_ids, True)
     else:
         decoder = OffsetStreamDecoder(tokenizer, prompt_ids, True)
     chunks = [decoder.step(t) for t in token_ids]
     assert all("\ufffd" not in chunk for chunk in chunks)
     assert "".join(chunks) == tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+class RejectingDecodeStream:
+    """Stands in for a tokenizers DecodeStream that rejects the sequence (it raises a bare Exception)."""
+
+    def step(self, backend: object, token_id: int) -> str | None:
+        raise Exception("Invalid prefix encountered")
+
+
+@pytest.mark.parametrize("num_tokens_before_failure", [1, 2, 5])
+def test_fast_decoder_continues_with_offsets_when_decode_stream_raises(
+    tokenizer: PreTrainedTokenizerBase, num_tokens_before_failure: int
+) -> None:
+    token_ids = encode(tokenizer, MULTI_BYTE_TEXT)  # the first character spans tokens 0 and 1
+    decoder = FastStreamDecoder(tokenizer, encode(tokenizer, PROMPT)[-4:], skip_special_tokens=True)
+    chunks = [decoder.step(t) for t in token_ids[:num_tokens_before_failure]]
+    decoder._stream = RejectingDecodeStream()  # type: ignore[assignment]
+    chunks += [decoder.step(t) for t in token_ids[num_tokens_before_failure:]]
+    assert "".join(chunks) == MULTI_BYTE_TEXT
 
 
 def test_fast_tokenizers_use_decode_stream(tokenizer: PreTrainedTokenizerBase) -> None:

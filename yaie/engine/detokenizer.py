@@ -38,15 +38,41 @@ class StreamDecoder(Protocol):
 
 
 class FastStreamDecoder:
-    """A `DecodeStream` over the tokenizer's Rust backend (fast tokenizers only)."""
+    """A `DecodeStream` over the tokenizer's Rust backend (fast tokenizers only).
 
-    def __init__(self, backend: Tokenizer, context_ids: list[int], skip_special_tokens: bool) -> None:
+    DecodeStream refuses some token sequences (it raises when the decoded prefix changes under it); from then
+    on the sample continues with an `OffsetStreamDecoder`, starting at the first token not yet emitted.
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, context_ids: list[int], skip_special_tokens: bool
+    ) -> None:
         assert DecodeStream is not None
-        self._backend = backend
+        self._tokenizer = tokenizer
+        self._backend: Tokenizer = tokenizer.backend_tokenizer
+        self._skip_special_tokens = skip_special_tokens
         self._stream = DecodeStream(ids=context_ids, skip_special_tokens=skip_special_tokens)
+        self._token_ids = list(context_ids)
+        self._num_emitted_tokens = len(context_ids)  # _token_ids[:this] are fully in the emitted text
+        self._fallback: OffsetStreamDecoder | None = None
 
     def step(self, token_id: int) -> str:
-        return self._stream.step(self._backend, token_id) or ""
+        if self._fallback is not None:
+            return self._fallback.step(token_id)
+        self._token_ids.append(token_id)
+        try:
+            text = self._stream.step(self._backend, token_id)
+        except Exception:  # tokenizers raises a bare Exception ("Invalid prefix encountered")
+            emitted, pending = (
+                self._token_ids[: self._num_emitted_tokens],
+                self._token_ids[self._num_emitted_tokens :],
+            )
+            self._fallback = OffsetStreamDecoder(self._tokenizer, emitted, self._skip_special_tokens)
+            return "".join(self._fallback.step(pending_id) for pending_id in pending)
+        if text is None:
+            return ""
+        self._num_emitted_tokens = len(self._token_ids)
+        return text
 
 
 class OffsetStreamDecoder:
@@ -87,9 +113,8 @@ def make_stream_decoder(
 ) -> StreamDecoder:
     """A `FastStreamDecoder` when the tokenizer has a Rust backend and DecodeStream exists, else offsets."""
     context_ids = _prompt_context(tokenizer, prompt_token_ids)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if DecodeStream is not None and isinstance(backend, Tokenizer):
-        return FastStreamDecoder(backend, context_ids, skip_special_tokens)
+    if DecodeStream is not None and isinstance(getattr(tokenizer, "backend_tokenizer", None), Tokenizer):
+        return FastStreamDecoder(tokenizer, context_ids, skip_special_tokens)
     return OffsetStreamDecoder(tokenizer, context_ids, skip_special_tokens)
 
 
