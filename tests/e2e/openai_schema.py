@@ -43,8 +43,11 @@ def validate(body: dict[str, Any], schema_name: str) -> None:
 
 
 def validate_completion_chunk(chunk: dict[str, Any]) -> None:
-    """A /v1/completions stream chunk: the spec's one shape, except that finish_reason is null until the end."""
+    """A /v1/completions stream chunk. The spec describes only the whole response; chunks differ in that
+    finish_reason is null until a choice ends and, with include_usage, usage is null until the last chunk."""
     patched = json.loads(json.dumps(chunk))
+    if patched.get("usage", 0) is None:
+        del patched["usage"]
     for choice in patched["choices"]:
         if choice.get("finish_reason") is None:
             choice["finish_reason"] = "stop"
