@@ -11,9 +11,9 @@
 
 #define MAX_GROUP 16
 
-static void attend_one(const float *q, const float *k_cache, const float *v_cache, const int64_t *blocks,
-                       int64_t ctx, int group, int num_kv_heads, int head_dim, int block_size, int kv_head,
-                       float scale, float *scores, float *out) {
+static inline __attribute__((always_inline)) void attend_impl(
+    const float *q, const float *k_cache, const float *v_cache, const int64_t *blocks, int64_t ctx, int group,
+    int num_kv_heads, const int head_dim, int block_size, int kv_head, float scale, float *scores, float *out) {
     for (int64_t t = 0; t < ctx; t++) {
         int64_t slot = blocks[t / block_size] * block_size + t % block_size;
         const float *k = k_cache + (slot * num_kv_heads + kv_head) * head_dim;
@@ -44,6 +44,16 @@ static void attend_one(const float *q, const float *k_cache, const float *v_cach
     }
 }
 
+/* Specialisations with a compile-time head_dim let the compiler unroll and vectorise the dot products. */
+#define DEFINE_ATTEND(NAME, DIM)                                                                              \
+    static void NAME(const float *q, const float *k, const float *v, const int64_t *blocks, int64_t ctx,      \
+                     int group, int hkv, int head_dim, int bs, int h, float scale, float *scores, float *out) { \
+        attend_impl(q, k, v, blocks, ctx, group, hkv, DIM, bs, h, scale, scores, out);                        \
+    }
+DEFINE_ATTEND(attend_64, 64)
+DEFINE_ATTEND(attend_128, 128)
+DEFINE_ATTEND(attend_any, head_dim)
+
 int yaie_paged_decode_attention(const float *q, const float *k_cache, const float *v_cache,
                                 const int64_t *block_table, const int64_t *context_lens, float *out,
                                 int num_seqs, int num_heads, int num_kv_heads, int head_dim, int block_size,
@@ -53,6 +63,9 @@ int yaie_paged_decode_attention(const float *q, const float *k_cache, const floa
     int64_t max_ctx = 0;
     for (int b = 0; b < num_seqs; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
     int failed = 0;
+    void (*attend_one)(const float *, const float *, const float *, const int64_t *, int64_t, int, int, int, int,
+                       int, float, float *, float *) =
+        head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
 #pragma omp parallel num_threads(num_threads)
     {
         float *scores = (float *)malloc(sizeof(float) * group * (max_ctx > 0 ? max_ctx : 1));
