@@ -9,6 +9,10 @@ Qwen end turns with `<|im_end|>`, Llama 3 with `<|eot_id|>`), which must stop a 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +26,17 @@ _TURN_END_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "
 
 
 def load_gguf_tokenizer(gguf_path: Path, chat_template: str | None) -> PreTrainedTokenizerBase:
-    """The tokenizer stored in a GGUF file's metadata, with `chat_template` set from that metadata."""
+    """The tokenizer stored in a GGUF file's metadata, with `chat_template` set from that metadata.
+
+    Converting GGUF metadata takes seconds, so the converted tokenizer is saved under the cache directory,
+    keyed by the file's path, size and mtime, and later starts load it from there in a fraction of a second.
+    """
+    cached = _tokenizer_cache_dir(gguf_path)
+    if cached is not None and (cached / "tokenizer.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+        except Exception:  # a damaged cache entry: rebuild it below
+            pass
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True
@@ -31,7 +45,32 @@ def load_gguf_tokenizer(gguf_path: Path, chat_template: str | None) -> PreTraine
         raise ModelLoadError(f"{gguf_path}: cannot build a tokenizer from the GGUF metadata: {exc}") from exc
     if chat_template is not None:
         tokenizer.chat_template = chat_template
+    if cached is not None:
+        _save_quietly(tokenizer, cached)
     return tokenizer
+
+
+def _tokenizer_cache_dir(gguf_path: Path) -> Path | None:
+    try:
+        stat = gguf_path.stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    root = Path(os.environ.get("YAIE_CACHE_DIR", Path.home() / ".cache" / "yaie"))
+    return root / "tokenizers" / key
+
+
+def _save_quietly(tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """Write atomically (temp dir + rename); a read-only or full disk only costs the cache."""
+    tmp: str | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=target.parent)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_hf_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
