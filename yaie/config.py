@@ -13,7 +13,6 @@ from typing import Literal
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Policy = Literal["fcfs", "priority"]
-Quantization = Literal["none", "int8", "int4"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,6 @@ class ModelConfig:
     dtype: DType = "auto"
     device: Device = "auto"
     max_model_len: int | None = None
-    quantization: Quantization = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,10 +88,14 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """Execution knobs at the runner's edge. `num_threads=None` picks the measured default for the device."""
+    """Execution knobs at the runner's edge. `num_threads=None` picks the measured default for the device.
+
+    `cpu_attention_kernel`: on CPU with float32, read the paged cache in place with the C decode kernel
+    (False: the PyTorch gather + SDPA reference path, which CUDA always uses).
+    """
 
     num_threads: int | None = None
-    compile: bool = False
+    cpu_attention_kernel: bool = True
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,10 @@ def test_batched_with_prefix_hits(model_dir: str, reference) -> None:  # type: i
     assert llm.engine.stats().num_free_blocks == 64
 
 
-def test_chunked_prefill(model_dir: str, reference) -> None:  # type: ignore[no-untyped-def]
-    llm = LLM(model_dir, num_blocks=64, block_size=4, max_num_batched_tokens=7)
+@pytest.mark.parametrize("cpu_attention_kernel", [True, False], ids=["c-kernel", "torch-gather"])
+def test_chunked_prefill(model_dir: str, reference, cpu_attention_kernel: bool) -> None:  # type: ignore[no-untyped-def]
+    llm = LLM(model_dir, num_blocks=64, block_size=4, max_num_batched_tokens=7,
+              cpu_attention_kernel=cpu_attention_kernel)
     assert_matches(llm.generate(PROMPTS, GREEDY, use_tqdm=False), reference)
 
 

@@ -19,7 +19,6 @@ _ENGINE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("kv_cache_memory", float, "KV cache budget: bytes if > 1, else a fraction of free memory"),
     ("max_model_len", int, "context window cap"),
     ("dtype", str, "weights/activations dtype (auto, float32, bfloat16, float16)"),
-    ("quantization", str, "weight-only quantization (none, int8, int4)"),
 )
 
 
@@ -85,13 +84,14 @@ def _add_offline_parser(bench_sub: Any) -> None:
         engine.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
     engine.add_argument("--prefix-caching", dest="enable_prefix_caching", action=argparse.BooleanOptionalAction,
                         default=None, help="prefix caching (engine default: on)")
-    engine.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    engine.add_argument("--cpu-attention-kernel", action=argparse.BooleanOptionalAction, default=None,
+                        help="C paged decode kernel on CPU (engine default: on)")
     parser.set_defaults(func=run_offline_command)
 
 
 def engine_options_from_args(args: argparse.Namespace) -> dict[str, EngineOption]:
     """The engine options the user set, as `yaie.LLM` keyword arguments."""
-    names = [name for name, _, _ in _ENGINE_OPTIONS] + ["enable_prefix_caching", "compile"]
+    names = [name for name, _, _ in _ENGINE_OPTIONS] + ["enable_prefix_caching", "cpu_attention_kernel"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

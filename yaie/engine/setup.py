@@ -43,7 +43,8 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     max_model_len = min(config.model.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings)
     model = build_model(checkpoint, dtype, device)
     num_blocks = plan_num_blocks(config.cache, model, dtype, device, max_model_len)
-    runner = ModelRunner(model, num_blocks, config.cache.block_size, device, dtype, seed=config.model.seed)
+    runner = ModelRunner(model, num_blocks, config.cache.block_size, device, dtype, seed=config.model.seed,
+                         use_cpu_kernel=config.runner.cpu_attention_kernel)
     capacity = num_blocks * config.cache.block_size
     logger.info(
         "model %s loaded in %.1fs on %s (%s, %d threads): KV cache %d blocks x %d = %d tokens, "

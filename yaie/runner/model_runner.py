@@ -30,6 +30,7 @@ class ModelRunner:
         device: torch.device,
         kv_dtype: torch.dtype,
         seed: int = 0,
+        use_cpu_kernel: bool = True,
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -37,7 +38,7 @@ class ModelRunner:
         self.vocab_size = model.arch.vocab_size
         self.sampler = Sampler(seed=seed)
         self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, kv_dtype, device)
-        use_kernel = device.type == "cpu" and kv_dtype == torch.float32
+        use_kernel = use_cpu_kernel and device.type == "cpu" and kv_dtype == torch.float32
         self.decode_kernel = load_decode_kernel() if use_kernel else None
         logger.info("decode attention: %s", "paged C kernel" if self.decode_kernel else "PyTorch gather + SDPA")
 

@@ -1,7 +1,7 @@
 """`yaie serve` settings: one flat table of options, four sources, one precedence.
 
 Precedence: CLI flag > environment `YAIE_<NAME>` > YAML file (`--config`) > default. The YAML file has the
-sections model / scheduler / memory / runner / server (e.g. `model.name`, `scheduler.max_num_seqs`,
+sections model / scheduler / memory / runner / server / embedding (e.g. `model.name`, `scheduler.max_num_seqs`,
 `memory.block_size`); each option's YAML key is in its `yaml` field metadata. Every option is documented
 once, in its Field description, which also becomes its `--help` text. `load_settings` turns the merged values
 into a validated `ServeSettings`; an invalid value raises `SettingsError` naming the option and its source.
@@ -25,10 +25,10 @@ from yaie.config import (
     EngineConfig,
     ModelConfig,
     Policy,
-    Quantization,
     RunnerConfig,
     SchedulerConfig,
 )
+from yaie.embeddings.config import EmbeddingConfig
 
 ENV_PREFIX = "YAIE_"
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -55,7 +55,6 @@ class ServeSettings(BaseModel):
     device: Device = _opt("auto", "Device to run on (auto: CUDA when available).", "model.device")
     max_model_len: int | None = _opt(None, "Context window in tokens (default: the model's own).",
                                      "model.max_model_len", ge=1)
-    quantization: Quantization = _opt("none", "Weight quantization.", "model.quantization")
     seed: int = _opt(0, "Seed of the engine's random generator (requests may pass their own).", "model.seed")
     # scheduler
     max_num_seqs: int = _opt(64, "Most sequences in one batch.", "scheduler.max_num_seqs", ge=1)
@@ -80,7 +79,9 @@ class ServeSettings(BaseModel):
                                        "memory.enable_prefix_caching", flag="--prefix-caching")
     # runner
     num_threads: int | None = _opt(None, "CPU threads for torch (default: all cores).", "runner.num_threads", ge=1)
-    compile: bool = _opt(False, "torch.compile the model.", "runner.compile")
+    cpu_attention_kernel: bool = _opt(True, "On CPU, read the paged KV cache in place with the C decode kernel "
+                                            "(off: the PyTorch gather path).", "runner.cpu_attention_kernel",
+                                      flag="--cpu-attention-kernel")
     # server
     host: str = _opt("127.0.0.1", "Address to listen on.", "server.host")
     port: int = _opt(8000, "Port to listen on (0: any free port).", "server.port", ge=0, le=65535)
@@ -94,13 +95,21 @@ class ServeSettings(BaseModel):
     log_content: bool = _opt(False, "Include prompt and completion text in the per-request log line.",
                              "server.log_content")
     log_level: LogLevel = _opt("info", "Log level.", "server.log_level")
+    # embeddings
+    embedding_model: str | None = _opt(None, "Embedding model directory served on /v1/embeddings (default: the "
+                                             "packaged all-MiniLM-L6-v2; 'none' disables embeddings).",
+                                       "embedding.model")
+    embedding_max_batch_size: int = _opt(64, "Most inputs the embedding batcher merges into one forward pass.",
+                                         "embedding.max_batch_size", ge=1)
+    embedding_max_wait_ms: float = _opt(5.0, "Longest the embedding batcher holds an input to fill a batch "
+                                             "(milliseconds).", "embedding.max_wait_ms", ge=0)
 
     def engine_config(self) -> EngineConfig:
         """The engine's frozen configs; their own checks raise ValueError naming the field."""
         return EngineConfig(
             model=ModelConfig(model=self.model, served_model_name=self.served_model_name, dtype=self.dtype,
                               device=self.device, max_model_len=self.max_model_len,
-                              quantization=self.quantization, seed=self.seed),
+                              seed=self.seed),
             cache=CacheConfig(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory,
                               num_blocks=self.num_blocks, enable_prefix_caching=self.enable_prefix_caching),
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
@@ -108,8 +117,15 @@ class ServeSettings(BaseModel):
                                       queue_timeout_s=self.queue_timeout_s,
                                       max_queued_requests=self.max_queued_requests,
                                       max_queued_tokens=self.max_queued_tokens),
-            runner=RunnerConfig(num_threads=self.num_threads, compile=self.compile),
+            runner=RunnerConfig(num_threads=self.num_threads, cpu_attention_kernel=self.cpu_attention_kernel),
         )
+
+    def embedding_config(self) -> EmbeddingConfig | None:
+        """The embedding model's config, or None when --embedding-model is 'none'."""
+        if self.embedding_model is not None and self.embedding_model.lower() == "none":
+            return None
+        return EmbeddingConfig(model=self.embedding_model, max_batch_size=self.embedding_max_batch_size,
+                               max_wait_ms=self.embedding_max_wait_ms)
 
     def server_config(self) -> ServerConfig:
         return ServerConfig(host=self.host, port=self.port, api_key=self.api_key,
@@ -154,7 +170,7 @@ def env_var(name: str) -> str:
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """One argparse option per ServeSettings field (default None = "not given on the command line")."""
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="YAML file with sections model/scheduler/memory/runner/server (env YAIE_CONFIG).")
+                        help="YAML file with sections model/scheduler/memory/runner/server/embedding (env YAIE_CONFIG).")
     for name, info in ServeSettings.model_fields.items():
         flag = cli_flag(name)
         default = "" if info.default is None else f", default {info.default}"
