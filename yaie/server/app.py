@@ -17,6 +17,7 @@ from yaie.server.errors import error_response, install_exception_handlers
 from yaie.server.metrics import CONTENT_TYPE, ServerMetrics
 from yaie.server.middleware import RequestMiddleware
 from yaie.server.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from yaie.server.protocol_embeddings import EmbeddingRequest
 from yaie.server.serving_base import ClientDisconnected
 from yaie.server.settings import ServerConfig
 from yaie.server.state import ServerState
@@ -42,13 +43,21 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: StateDep,
                                  ctx: ContextDep) -> Response:
+    state.check_generation_model(body.model)
     return await state.ready().chat.create(body, request.receive, ctx)
 
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CompletionRequest, request: Request, state: StateDep,
                             ctx: ContextDep) -> Response:
+    state.check_generation_model(body.model)
     return await state.ready().completion.create(body, request.receive, ctx)
+
+
+@router.post("/v1/embeddings", response_model=None)
+async def create_embedding(body: EmbeddingRequest, state: StateDep) -> Response:
+    result = await state.ready_embedding(body.model).create(body)
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 @router.get("/v1/models")

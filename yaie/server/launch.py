@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from yaie.config import EngineConfig
+    from yaie.embeddings.config import EmbeddingConfig
     from yaie.server.draining import DrainingServer
     from yaie.server.settings import ServerConfig
     from yaie.server.state import ServerState
@@ -52,11 +53,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from yaie.server.access_log import configure_logging
 
     configure_logging(settings.log_level)
-    return asyncio.run(serve(settings.engine_config(), settings.server_config()))
+    return asyncio.run(serve(settings.engine_config(), settings.server_config(), settings.embedding_config()))
 
 
-async def serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
-    """Run until a signal (exit 0) or a failed model load (exit 1)."""
+async def serve(engine_config: EngineConfig, server_config: ServerConfig,
+                embedding_config: EmbeddingConfig | None = None) -> int:
+    """Run until a signal (exit 0) or a failed model load (exit 1). `embedding_config` None: no embeddings."""
     import uvicorn
 
     from yaie.server.app import build_app, server_state
@@ -67,23 +69,29 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig) -> int
     uv_config = uvicorn.Config(app, host=server_config.host, port=server_config.port, access_log=False,
                                log_level=server_config.log_level, timeout_graceful_shutdown=5, lifespan="off")
     server = DrainingServer(uv_config, state, server_config.shutdown_timeout_s)
-    loader = asyncio.ensure_future(_load_engine(engine_config, server, state))
+    loader = asyncio.ensure_future(_load_engine(engine_config, server, state, embedding_config))
     try:
         await server.serve()
     finally:
         loader.cancel()
+        if state.embedding is not None:
+            await state.embedding.close()
         if state.engine is not None:
             await state.engine.shutdown()
     logger.info("yaie serve stopped")
     return server.exit_code
 
 
-async def _load_engine(engine_config: EngineConfig, server: DrainingServer, state: ServerState) -> None:
+async def _load_engine(engine_config: EngineConfig, server: DrainingServer, state: ServerState,
+                       embedding_config: EmbeddingConfig | None = None) -> None:
     from yaie.engine.async_engine import AsyncEngine
 
     logger.info("loading model %s", engine_config.model.model or "(default SmolLM2-135M-Instruct)")
+    embedding = asyncio.ensure_future(_load_embedding(embedding_config, state)) if embedding_config else None
     try:
         engine = await _in_daemon_thread(lambda: AsyncEngine(engine_config))
+        if embedding is not None:
+            await embedding
     except Exception as exc:
         logger.error("could not load the model: %s", exc)
         state.load_error = str(exc)
@@ -97,6 +105,17 @@ async def _load_engine(engine_config: EngineConfig, server: DrainingServer, stat
     while not server.started:
         await asyncio.sleep(0.05)
     _log_ready(server, engine, engine_config)
+
+
+async def _load_embedding(config: EmbeddingConfig, state: ServerState) -> None:
+    """Load the embedding model (beside the chat model's load) and serve it; raises if it cannot load."""
+    from yaie.embeddings.model import EmbeddingModel
+    from yaie.server.serving_embedding import ServingEmbedding
+
+    model = await _in_daemon_thread(lambda: EmbeddingModel.load(config))
+    serving = ServingEmbedding(model, config, state.metrics.registry)
+    serving.start()
+    state.attach_embedding(serving)
 
 
 def _log_ready(server: uvicorn.Server, engine: Any, engine_config: EngineConfig) -> None:

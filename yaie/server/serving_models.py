@@ -1,4 +1,4 @@
-"""GET /v1/models: the one model this server serves."""
+"""GET /v1/models: the chat model, then the embedding model when one is served."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from yaie.server.protocol import ModelCard, ModelList
 
 class ServingModels:
     def __init__(self, model_name: str, max_model_len: int) -> None:
-        self._card = ModelCard(id=model_name, created=int(time.time()), max_model_len=max_model_len)
+        self._cards = [ModelCard(id=model_name, created=int(time.time()), max_model_len=max_model_len)]
+
+    def add(self, model_name: str, max_model_len: int) -> None:
+        """List another served model (e.g. the embedding model, max_model_len = its input limit)."""
+        self._cards.append(ModelCard(id=model_name, created=int(time.time()), max_model_len=max_model_len))
 
     def list(self) -> ModelList:
-        return ModelList(data=[self._card])
+        return ModelList(data=list(self._cards))

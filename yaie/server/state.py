@@ -19,6 +19,7 @@ from yaie.server.settings import ServerConfig
 
 if TYPE_CHECKING:
     from yaie.engine.async_engine import AsyncEngine
+    from yaie.server.serving_embedding import ServingEmbedding
 
 DRAIN_RETRY_AFTER_S = 5.0
 
@@ -40,6 +41,11 @@ class ServerState:
         self.is_draining = False
         self.num_in_flight = 0  # API requests whose response is not complete yet
         self.active_streams: set[GenerationStream] = set()  # engine requests started and not closed
+        self.embedding: ServingEmbedding | None = None  # the embedding model, when one is served
+
+    def attach_embedding(self, serving: ServingEmbedding) -> None:
+        """Serve an embedding model (started) beside the chat model; call before attach_engine."""
+        self.embedding = serving
 
     def attach_engine(self, engine: AsyncEngine) -> None:
         """Make the API available on a loaded, started engine."""
@@ -47,6 +53,8 @@ class ServerState:
         args = (engine, self.metrics, self.active_streams, self.config.log_content)
         self.servings = Servings(ServingChat(*args), ServingCompletion(*args),
                                  ServingModels(engine.model_name, engine.max_model_len))
+        if self.embedding is not None:
+            self.servings.models.add(self.embedding.model_name, self.embedding.model.max_input_tokens)
         self.engine = engine
 
     def unavailable(self) -> APIError | None:
@@ -67,6 +75,23 @@ class ServerState:
             raise error
         assert self.servings is not None
         return self.servings
+
+    def check_generation_model(self, model: str | None) -> None:
+        """A 400 when a chat/completions request names the embedding model."""
+        if model is not None and self.embedding is not None and model == self.embedding.model_name:
+            raise APIError(400, f"the model {model!r} is an embedding model: use /v1/embeddings, or "
+                                f"{self.engine.model_name if self.engine else 'the chat model'!r} here", "model")
+
+    def ready_embedding(self, model: str | None) -> ServingEmbedding:
+        """The embedding serving object; 400 when `model` is the chat model, 404 when none is served."""
+        servings = self.ready()
+        if model is not None and model == servings.chat.model_name:
+            raise APIError(400, f"the model {model!r} is a chat model and does not produce embeddings: use "
+                                "/v1/chat/completions, or an embedding model on /v1/embeddings", "model")
+        if self.embedding is None:
+            raise APIError(404, "this server serves no embedding model (started with --embedding-model none)",
+                           "model")
+        return self.embedding
 
     def begin_drain(self) -> None:
         self.is_draining = True
