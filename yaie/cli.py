@@ -11,11 +11,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     from yaie.bench.cli import add_bench_parser
     from yaie.chat import add_chat_parser
+    from yaie.gateway.cli import add_gateway_parsers
     from yaie.server.launch import add_serve_parser
 
     add_serve_parser(sub)
     add_chat_parser(sub)
     add_bench_parser(sub)
+    add_gateway_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
