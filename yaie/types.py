@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 class FinishReason(enum.StrEnum):
@@ -16,6 +17,29 @@ class FinishReason(enum.StrEnum):
     LENGTH = "length"
     ABORT = "abort"
     TIMEOUT = "timeout"
+
+
+StructuredKind = Literal["json_object", "json_schema", "regex", "choice", "grammar"]
+STRUCTURED_KINDS: tuple[str, ...] = ("json_object", "json_schema", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True)
+class StructuredSpec:
+    """A constraint on a request's output, enforced token by token by a grammar (see yaie.structured).
+
+    `payload` by kind: json_object: "" (any JSON object); json_schema: the schema as canonical JSON (sorted
+    keys, no spaces), so equal schemas share one compiled grammar; regex: the pattern; choice: a JSON list
+    of the allowed strings; grammar: an llguidance Lark grammar.
+    """
+
+    kind: StructuredKind
+    payload: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in STRUCTURED_KINDS, "structured",
+               f"kind must be one of {', '.join(STRUCTURED_KINDS)}, got {self.kind!r}")
+        _check(self.kind == "json_object" or bool(self.payload), "structured",
+               f"a {self.kind} constraint needs a payload")
 
 
 class RequestStatus(enum.Enum):
@@ -32,6 +56,8 @@ class SamplingParams:
     temperature == 0 is greedy. top_k None/0 = off; top_p 1.0 = off; min_p 0 = off.
     max_tokens None = up to the context window. logprobs None = none; k >= 0 = the sampled token's logprob
     plus the top-k alternatives. `seed` makes the request's samples reproducible whatever else is batched.
+    `structured` None = free text; otherwise only tokens its grammar allows are sampled, and the request
+    finishes ("stop") as soon as the grammar is complete.
     """
 
     n: int = 1
@@ -52,6 +78,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured: StructuredSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
