@@ -9,7 +9,7 @@ HTTP errors; the engine owns its gauges and token counters, which `EngineStatsCo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,6 +34,7 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._model_name = ""
+        self._token_gap: Any = None
         labels = ["model_name"]
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS_S) -> Histogram:
@@ -54,6 +55,7 @@ class ServerMetrics:
 
     def attach_engine(self, stats: Callable[[], EngineStats], model_name: str) -> None:
         self._model_name = model_name
+        self._token_gap = self.inter_token_latency.labels(model_name)  # bound once: observed per delta
         self.registry.register(EngineStatsCollector(stats, model_name))
 
     def observe_finished(self, times: RequestMetrics, finish_reasons: list[str]) -> None:
@@ -73,7 +75,7 @@ class ServerMetrics:
                 histogram.labels(name).observe(max(0.0, end - start))
 
     def observe_token_gap(self, gap_s: float) -> None:
-        self.inter_token_latency.labels(self._model_name).observe(gap_s)
+        self._token_gap.observe(gap_s)
 
     def count_http_error(self, status: int) -> None:
         self.http_errors.labels(str(status)).inc()
