@@ -55,7 +55,7 @@ def test_allow_list_and_threshold() -> None:
 
 
 def test_unknown_entity_names_the_setting() -> None:
-    with pytest.raises(ValueError, match="pii.entities: no offline recognizer for PERSON"):
+    with pytest.raises(ValueError, match=r"pii\.entities: no offline recognizer for PERSON"):
         PIIScanner(PIIConfig(entities=("PERSON",)))
 
 
