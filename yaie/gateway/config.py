@@ -243,3 +243,18 @@ def load_gateway_config(path: Path, data_dir: Path | None = None, section_requir
     if section_required:
         return gateway_config_from_mapping(document, data_dir)
     return None
+
+
+def serve_gateway_config(gateway_config: str | None, serve_config: Path | None, data_dir: str | None,
+                         api_key: str | None) -> GatewayConfig | None:
+    """`yaie serve`'s gateway: from --gateway-config, else the `gateway:` section of --config, else None (off)."""
+    directory = Path(data_dir).expanduser() if data_dir else None
+    config = None
+    if gateway_config:
+        config = load_gateway_config(Path(gateway_config), directory, section_required=True)
+    elif serve_config is not None:
+        config = load_gateway_config(serve_config, directory)
+    if config is not None and api_key:
+        raise ValueError("--api-key (YAIE_API_KEY) cannot be combined with the gateway: gateway API keys "
+                         "(`yaie keys create`) replace it")
+    return config

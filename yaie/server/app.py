@@ -24,6 +24,7 @@ from yaie.server.state import ServerState
 
 if TYPE_CHECKING:
     from yaie.engine.async_engine import AsyncEngine
+    from yaie.gateway.service import Gateway
 
 
 def _state(request: Request) -> ServerState:
@@ -80,13 +81,17 @@ async def _on_client_disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=STATUS_CLIENT_CLOSED)
 
 
-def build_app(engine: AsyncEngine | None, config: ServerConfig) -> FastAPI:
+def build_app(engine: AsyncEngine | None, config: ServerConfig, gateway: Gateway | None = None) -> FastAPI:
     """The app for `engine` (already started), or for one to be attached later with `attach_engine`."""
     app = FastAPI(title="YAIE OpenAI-compatible server", version=__version__)
     state = ServerState(config, ServerMetrics())
     app.state.yaie = state
     install_exception_handlers(app)
     app.add_exception_handler(ClientDisconnected, _on_client_disconnected)
+    if gateway is not None:  # added first, so it runs inside RequestMiddleware (request id, context, body limit)
+        from yaie.gateway.app import install_gateway
+
+        install_gateway(app, state, gateway)
     app.add_middleware(RequestMiddleware, state=state)
     app.include_router(router)
     if engine is not None:

@@ -12,9 +12,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from yaie.server.settings import SettingsError, add_settings_arguments, cli_values, load_settings
@@ -24,8 +26,10 @@ if TYPE_CHECKING:
 
     from yaie.config import EngineConfig
     from yaie.embeddings.config import EmbeddingConfig
+    from yaie.gateway.config import GatewayConfig
+    from yaie.gateway.service import Gateway
     from yaie.server.draining import DrainingServer
-    from yaie.server.settings import ServerConfig
+    from yaie.server.settings import ServerConfig, ServeSettings
     from yaie.server.state import ServerState
 
 logger = logging.getLogger("yaie.server")
@@ -47,24 +51,35 @@ def add_serve_parser(subparsers: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(cli_values(args), args.config)
-    except SettingsError as exc:
+        gateway_config = _gateway_config(settings, args)
+    except (SettingsError, ValueError) as exc:
         print(f"yaie serve: {exc}", file=sys.stderr)
         return 2
     from yaie.server.access_log import configure_logging
 
     configure_logging(settings.log_level)
-    return asyncio.run(serve(settings.engine_config(), settings.server_config(), settings.embedding_config()))
+    return asyncio.run(serve(settings.engine_config(), settings.server_config(), settings.embedding_config(),
+                             gateway_config))
+
+
+def _gateway_config(settings: ServeSettings, args: argparse.Namespace) -> GatewayConfig | None:
+    """The gateway's config when --gateway-config or a `gateway:` section of --config is given, else None."""
+    from yaie.gateway.config import serve_gateway_config
+
+    config_path = args.config or (Path(os.environ["YAIE_CONFIG"]) if os.environ.get("YAIE_CONFIG") else None)
+    return serve_gateway_config(settings.gateway_config, config_path, settings.data_dir, settings.api_key)
 
 
 async def serve(engine_config: EngineConfig, server_config: ServerConfig,
-                embedding_config: EmbeddingConfig | None = None) -> int:
+                embedding_config: EmbeddingConfig | None = None, gateway_config: GatewayConfig | None = None) -> int:
     """Run until a signal (exit 0) or a failed model load (exit 1). `embedding_config` None: no embeddings."""
     import uvicorn
 
     from yaie.server.app import build_app, server_state
     from yaie.server.draining import DrainingServer
 
-    app = build_app(None, server_config)
+    gateway = await _open_gateway(gateway_config) if gateway_config is not None else None
+    app = build_app(None, server_config, gateway)
     state = server_state(app)
     uv_config = uvicorn.Config(app, host=server_config.host, port=server_config.port, access_log=False,
                                log_level=server_config.log_level, timeout_graceful_shutdown=5, lifespan="off")
@@ -78,8 +93,20 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig,
             await state.embedding.close()
         if state.engine is not None:
             await state.engine.shutdown()
+        if gateway is not None:
+            await gateway.close()  # flushes the ledger: a clean shutdown loses no usage row
     logger.info("yaie serve stopped")
     return server.exit_code
+
+
+async def _open_gateway(config: GatewayConfig) -> Gateway:
+    from yaie.gateway.service import Gateway
+
+    gateway = await Gateway.open(config)
+    await gateway.start()
+    logger.info("gateway on: database %s, rate-limit storage %s", config.url.split("@")[-1],
+                config.rate_limit_storage.split("@")[-1])
+    return gateway
 
 
 async def _load_engine(engine_config: EngineConfig, server: DrainingServer, state: ServerState,

@@ -95,6 +95,11 @@ class ServeSettings(BaseModel):
     log_content: bool = _opt(False, "Include prompt and completion text in the per-request log line.",
                              "server.log_content")
     log_level: LogLevel = _opt("info", "Log level.", "server.log_level")
+    # gateway (yaie/gateway): on when --gateway-config or a `gateway:` section of --config is given
+    gateway_config: str | None = _opt(None, "Gateway YAML (API keys, rate limits, budgets, PII, audit); a "
+                                            "`gateway:` section of --config works too.", "server.gateway_config")
+    data_dir: str | None = _opt(None, "Directory of the gateway's SQLite database (default ~/.local/share/yaie).",
+                                "server.data_dir")
     # embeddings
     embedding_model: str | None = _opt(None, "Embedding model directory served on /v1/embeddings (default: the "
                                              "packaged all-MiniLM-L6-v2; 'none' disables embeddings).",
@@ -249,6 +254,8 @@ def read_yaml_options(path: Path) -> dict[str, Any]:
     sections = sorted({key.split(".")[0] for key in by_key})
     options: dict[str, Any] = {}
     for section, entries in document.items():
+        if section == "gateway":  # read by yaie.gateway.config
+            continue
         if section not in sections:
             raise SettingsError(f"config file {path}: unknown section {section!r}; valid: {', '.join(sections)}")
         if not isinstance(entries, dict):
