@@ -14,32 +14,40 @@
 static inline __attribute__((always_inline)) void attend_impl(
     const float *q, const float *k_cache, const float *v_cache, const int64_t *blocks, int64_t ctx, int group,
     int num_kv_heads, const int head_dim, int block_size, int kv_head, float scale, float *scores, float *out) {
-    for (int64_t t = 0; t < ctx; t++) {
-        int64_t slot = blocks[t / block_size] * block_size + t % block_size;
-        const float *k = k_cache + (slot * num_kv_heads + kv_head) * head_dim;
-        for (int g = 0; g < group; g++) {
-            const float *qg = q + g * head_dim;
-            float dot = 0.f;
-            for (int d = 0; d < head_dim; d++) dot += qg[d] * k[d];
-            scores[g * ctx + t] = dot * scale;
+    const int64_t row_stride = (int64_t)num_kv_heads * head_dim;
+    /* Pass 1: scores[g, t] = scale * q_g . k_t, each K row loaded once for the whole GQA group. */
+    for (int64_t start = 0, blk = 0; start < ctx; start += block_size, blk++) {
+        const int64_t n = ctx - start < block_size ? ctx - start : block_size;
+        const float *k_row = k_cache + blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim;
+        for (int64_t o = 0; o < n; o++, k_row += row_stride) {
+            for (int g = 0; g < group; g++) {
+                const float *qg = q + g * head_dim;
+                float dot = 0.f;
+                for (int d = 0; d < head_dim; d++) dot += qg[d] * k_row[d];
+                scores[g * ctx + start + o] = dot * scale;
+            }
         }
     }
+    /* Softmax per query head. */
     for (int g = 0; g < group; g++) {
         float *s = scores + g * ctx;
         float max_score = -INFINITY, sum = 0.f;
         for (int64_t t = 0; t < ctx; t++) max_score = s[t] > max_score ? s[t] : max_score;
         for (int64_t t = 0; t < ctx; t++) { s[t] = expf(s[t] - max_score); sum += s[t]; }
-        float inv = 1.f / sum;
+        const float inv = 1.f / sum;
         for (int64_t t = 0; t < ctx; t++) s[t] *= inv;
         memset(out + g * head_dim, 0, sizeof(float) * head_dim);
     }
-    for (int64_t t = 0; t < ctx; t++) {
-        int64_t slot = blocks[t / block_size] * block_size + t % block_size;
-        const float *v = v_cache + (slot * num_kv_heads + kv_head) * head_dim;
-        for (int g = 0; g < group; g++) {
-            float p = scores[g * ctx + t];
-            float *o = out + g * head_dim;
-            for (int d = 0; d < head_dim; d++) o[d] += p * v[d];
+    /* Pass 2: out_g = sum_t p[g, t] * v_t, each V row loaded once. */
+    for (int64_t start = 0, blk = 0; start < ctx; start += block_size, blk++) {
+        const int64_t n = ctx - start < block_size ? ctx - start : block_size;
+        const float *v_row = v_cache + blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim;
+        for (int64_t o = 0; o < n; o++, v_row += row_stride) {
+            for (int g = 0; g < group; g++) {
+                const float p = scores[g * ctx + start + o];
+                float *og = out + g * head_dim;
+                for (int d = 0; d < head_dim; d++) og[d] += p * v_row[d];
+            }
         }
     }
 }
