@@ -24,7 +24,7 @@ STORY = [{"role": "user", "content": "Tell me a story."}]
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = start_server(tmp_path_factory.mktemp("small"), "--max-num-seqs", "2", "--max-queued-requests", "1",
-                          "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S))
+                          "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "--embedding-model", "none")
     yield server
     if server.process.poll() is None:
         server.stop(signal.SIGKILL)

@@ -15,17 +15,19 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from starlette.background import BackgroundTask
+from starlette.responses import StreamingResponse
 from starlette.types import Receive
 
 from yaie.server.access_log import RequestContext
 from yaie.server.errors import APIError, api_error_from, error_body, overloaded
 from yaie.server.metrics import ServerMetrics
 from yaie.server.protocol import PromptTokensDetails, Usage
-from yaie.types import InvalidParameterError, RequestOutput, SamplingParams, TokenLogprob
+from yaie.types import CompletionOutput, InvalidParameterError, RequestOutput, SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from yaie.engine.async_engine import AsyncEngine
@@ -135,7 +137,7 @@ def usage_of(streams: list[GenerationStream]) -> Usage:
 
 @dataclass
 class SampleAccumulator:
-    """One choice's text, logprobs and finish reason, gathered from deltas (non-streamed responses)."""
+    """One choice's text, logprobs and finish reason, gathered from its deltas."""
 
     text_parts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -144,6 +146,24 @@ class SampleAccumulator:
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
+
+    def add(self, sample: CompletionOutput, keep_text: bool = True) -> None:
+        if keep_text:
+            self.text_parts.append(sample.text)
+            self.logprobs.extend(sample.logprobs or ())
+        if sample.finish_reason is not None:
+            self.finish_reason = sample.finish_reason
+
+
+async def choice_deltas(streams: list[GenerationStream], n: int) -> AsyncIterator[tuple[int, CompletionOutput]]:
+    """(choice index, delta) for every sample delta of started streams; choice index = stream * n + sample.
+    Raises the 503 of a sample that ended in "abort" or "timeout"."""
+    async for position, output in merge_streams(streams):
+        for sample in output.outputs:
+            failure = finish_failure(sample.finish_reason)
+            if failure is not None:
+                raise failure
+            yield position * n + sample.index, sample
 
 
 def sse_event(payload_json: str) -> str:
@@ -270,17 +290,57 @@ class ServingBase:
             text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
         return text
 
-    def fill_context(self, ctx: RequestContext, streams: list[GenerationStream], finish_reasons: list[str],
-                     completions: list[str]) -> None:
-        """Record the outcome for the access log (completion text only with --log-content)."""
+    async def collect(self, streams: list[GenerationStream], n: int, ctx: RequestContext) -> list[SampleAccumulator]:
+        """Run the streams to the end (non-streamed responses); always closes them and records the outcome."""
+        samples = [SampleAccumulator() for _ in range(len(streams) * n)]
+        try:
+            await start_streams(streams)
+            async for index, sample in choice_deltas(streams, n):
+                samples[index].add(sample)
+        finally:
+            await close_streams(streams)
+            self.record_outcome(ctx, streams, samples)
+        return samples
+
+    async def stream_response(self, receive: Receive, streams: list[GenerationStream], num_choices: int,
+                              ctx: RequestContext,
+                              chunks: Callable[[list[SampleAccumulator]], AsyncIterator[str]]) -> StreamingResponse:
+        """Start the streams (errors so far are plain HTTP errors), then stream `chunks(samples)` as SSE."""
+        try:
+            await cancel_on_disconnect(receive, start_streams(streams))
+        except BaseException:
+            await close_streams(streams)
+            raise
+        samples = [SampleAccumulator() for _ in range(num_choices)]
+        events = self.sse(chunks(samples), streams, samples, ctx)
+        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(events.aclose))
+
+    async def sse(self, chunks: AsyncIterator[str], streams: list[GenerationStream],
+                  samples: list[SampleAccumulator], ctx: RequestContext) -> AsyncIterator[str]:
+        """`chunks` framed for the wire: an exception becomes an error chunk, `data: [DONE]` always ends it, and
+        the streams are closed and the outcome recorded however it ends (disconnects included)."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as exc:
+            yield sse_error(stream_failure(exc, ctx))
+        finally:
+            await close_streams(streams)
+            self.record_outcome(ctx, streams, samples)
+        yield SSE_DONE
+
+    def record_outcome(self, ctx: RequestContext, streams: list[GenerationStream],
+                       samples: list[SampleAccumulator]) -> None:
+        """Fill the access-log fields (the completion text only with --log-content)."""
         usage = usage_of(streams)
         ctx.prompt_tokens = usage.prompt_tokens
         ctx.completion_tokens = usage.completion_tokens
         ctx.cached_tokens = usage.prompt_tokens_details.cached_tokens
         ctx.ttft_s = streams[0].first_token_latency_s if streams else None
-        ctx.finish_reasons = finish_reasons
+        ctx.finish_reasons = [s.finish_reason or "" for s in samples]
         if self.log_content:
-            ctx.completion = completions[0] if len(completions) == 1 else completions
+            texts = [s.text for s in samples]
+            ctx.completion = texts[0] if len(texts) == 1 else texts
 
 
 def stream_failure(exc: BaseException, ctx: RequestContext) -> APIError:

@@ -11,8 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive
 
 from yaie.server.access_log import RequestContext
@@ -30,20 +29,14 @@ from yaie.server.protocol import (
     TopLogprob,
 )
 from yaie.server.serving_base import (
-    SSE_DONE,
     GenerationStream,
     SampleAccumulator,
     ServingBase,
     cancel_on_disconnect,
-    close_streams,
-    finish_failure,
+    choice_deltas,
     finite_logprob,
-    merge_streams,
     new_id,
-    sse_error,
     sse_event,
-    start_streams,
-    stream_failure,
     usage_of,
 )
 from yaie.types import InvalidParameterError, TokenLogprob
@@ -64,13 +57,8 @@ class ServingChat(ServingBase):
         if not request.stream:
             body = await cancel_on_disconnect(receive, self._complete(streams, request, completion_id, ctx))
             return Response(body.model_dump_json(), media_type="application/json")
-        try:
-            await cancel_on_disconnect(receive, start_streams(streams))
-        except BaseException:
-            await close_streams(streams)
-            raise
-        events = self._events(streams, request, completion_id, ctx)
-        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(events.aclose))
+        return await self.stream_response(receive, streams, request.n, ctx,
+                                          lambda samples: self._chunks(streams, request, completion_id, samples))
 
     def render_prompt(self, messages: list[ChatMessage]) -> list[int]:
         """The chat template applied with the generation prompt, as token ids."""
@@ -86,21 +74,7 @@ class ServingChat(ServingBase):
 
     async def _complete(self, streams: list[GenerationStream], request: ChatCompletionRequest,
                         completion_id: str, ctx: RequestContext) -> ChatCompletionResponse:
-        samples = [SampleAccumulator() for _ in range(request.n)]
-        try:
-            await start_streams(streams)
-            async for _, output in merge_streams(streams):
-                for sample in output.outputs:
-                    failure = finish_failure(sample.finish_reason)
-                    if failure is not None:
-                        raise failure
-                    acc = samples[sample.index]
-                    acc.text_parts.append(sample.text)
-                    acc.logprobs.extend(sample.logprobs or ())
-                    acc.finish_reason = sample.finish_reason
-        finally:
-            await close_streams(streams)
-            self.fill_context(ctx, streams, [s.finish_reason or "" for s in samples], [s.text for s in samples])
+        samples = await self.collect(streams, request.n, ctx)
         choices = [
             ChatChoice(index=i, message=ChatResponseMessage(content=s.text),
                        logprobs=self._logprobs(s.logprobs, request) if request.logprobs else None,
@@ -111,8 +85,9 @@ class ServingChat(ServingBase):
                                       system_fingerprint=self.system_fingerprint, choices=choices,
                                       usage=usage_of(streams))
 
-    async def _events(self, streams: list[GenerationStream], request: ChatCompletionRequest,
-                      completion_id: str, ctx: RequestContext) -> AsyncIterator[str]:
+    async def _chunks(self, streams: list[GenerationStream], request: ChatCompletionRequest, completion_id: str,
+                      samples: list[SampleAccumulator]) -> AsyncIterator[str]:
+        """The stream's chunks; `sse` frames them (errors, [DONE]) and records `samples` for the log."""
         created = int(time.time())
         exclude = None if request.include_usage else {"usage"}
 
@@ -121,30 +96,15 @@ class ServingChat(ServingBase):
                                           system_fingerprint=self.system_fingerprint, choices=choices, **extra)
             return sse_event(payload.model_dump_json(exclude=exclude))
 
-        finish_reasons = [""] * request.n
-        texts: list[list[str]] = [[] for _ in range(request.n)]
-        try:
-            for index in range(request.n):
-                yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
-            async for _, output in merge_streams(streams):
-                for sample in output.outputs:
-                    failure = finish_failure(sample.finish_reason)
-                    if failure is not None:
-                        raise failure
-                    if self.log_content:
-                        texts[sample.index].append(sample.text)
-                    finish_reasons[sample.index] = sample.finish_reason or ""
-                    logprobs = self._logprobs(sample.logprobs or [], request) if request.logprobs else None
-                    yield chunk([ChatStreamChoice(index=sample.index, delta=DeltaMessage(content=sample.text),
-                                                  logprobs=logprobs, finish_reason=sample.finish_reason)])
-            if request.include_usage:
-                yield chunk([], usage=usage_of(streams))
-        except Exception as exc:
-            yield sse_error(stream_failure(exc, ctx))
-        finally:
-            await close_streams(streams)
-            self.fill_context(ctx, streams, finish_reasons, ["".join(t) for t in texts])
-        yield SSE_DONE
+        for index in range(request.n):
+            yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
+        async for index, sample in choice_deltas(streams, request.n):
+            samples[index].add(sample, keep_text=self.log_content)
+            logprobs = self._logprobs(sample.logprobs or [], request) if request.logprobs else None
+            yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(content=sample.text), logprobs=logprobs,
+                                          finish_reason=sample.finish_reason)])
+        if request.include_usage:
+            yield chunk([], usage=usage_of(streams))
 
     def _logprobs(self, entries: list[TokenLogprob], request: ChatCompletionRequest) -> ChatChoiceLogprobs:
         num_top = request.top_logprobs or 0

@@ -11,27 +11,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive
 
 from yaie.server.access_log import RequestContext
 from yaie.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from yaie.server.serving_base import (
-    SSE_DONE,
     GenerationStream,
     SampleAccumulator,
     ServingBase,
     cancel_on_disconnect,
-    close_streams,
-    finish_failure,
+    choice_deltas,
     finite_logprob,
-    merge_streams,
     new_id,
-    sse_error,
     sse_event,
-    start_streams,
-    stream_failure,
     usage_of,
 )
 from yaie.types import TokenLogprob
@@ -45,8 +38,8 @@ class _Job:
     request: CompletionRequest
     echo_texts: list[str]  # per prompt; empty strings unless echo
 
-    def choice_index(self, prompt_position: int, sample_index: int) -> int:
-        return prompt_position * self.request.n + sample_index
+    def echo_text(self, choice_index: int) -> str:
+        return self.echo_texts[choice_index // self.request.n]
 
     @property
     def num_choices(self) -> int:
@@ -70,13 +63,8 @@ class ServingCompletion(ServingBase):
         if not request.stream:
             body = await cancel_on_disconnect(receive, self._complete(streams, job, ctx))
             return Response(body.model_dump_json(), media_type="application/json")
-        try:
-            await cancel_on_disconnect(receive, start_streams(streams))
-        except BaseException:
-            await close_streams(streams)
-            raise
-        events = self._events(streams, job, ctx)
-        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(events.aclose))
+        return await self.stream_response(receive, streams, job.num_choices, ctx,
+                                          lambda samples: self._chunks(streams, job, samples))
 
     def _echo_text(self, prompt: str | list[int], echo: bool) -> str:
         if not echo:
@@ -84,24 +72,10 @@ class ServingCompletion(ServingBase):
         return prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)
 
     async def _complete(self, streams: list[GenerationStream], job: _Job, ctx: RequestContext) -> CompletionResponse:
-        samples = [SampleAccumulator() for _ in range(job.num_choices)]
-        try:
-            await start_streams(streams)
-            async for position, output in merge_streams(streams):
-                for sample in output.outputs:
-                    failure = finish_failure(sample.finish_reason)
-                    if failure is not None:
-                        raise failure
-                    acc = samples[job.choice_index(position, sample.index)]
-                    acc.text_parts.append(sample.text)
-                    acc.logprobs.extend(sample.logprobs or ())
-                    acc.finish_reason = sample.finish_reason
-        finally:
-            await close_streams(streams)
-            self.fill_context(ctx, streams, [s.finish_reason or "" for s in samples], [s.text for s in samples])
+        samples = await self.collect(streams, job.request.n, ctx)
         choices = []
         for index, acc in enumerate(samples):
-            echo = job.echo_texts[index // job.request.n]
+            echo = job.echo_text(index)
             logprobs = None
             if job.request.logprobs is not None:
                 logprobs = self._logprobs(acc.logprobs, job.request.logprobs, len(echo))[0]
@@ -111,7 +85,9 @@ class ServingCompletion(ServingBase):
                                   system_fingerprint=self.system_fingerprint, choices=choices,
                                   usage=usage_of(streams))
 
-    async def _events(self, streams: list[GenerationStream], job: _Job, ctx: RequestContext) -> AsyncIterator[str]:
+    async def _chunks(self, streams: list[GenerationStream], job: _Job,
+                      samples: list[SampleAccumulator]) -> AsyncIterator[str]:
+        """The stream's chunks; `sse` frames them (errors, [DONE]) and records `samples` for the log."""
         request = job.request
         created = int(time.time())
         exclude = None if request.include_usage else {"usage"}
@@ -121,37 +97,21 @@ class ServingCompletion(ServingBase):
                                          system_fingerprint=self.system_fingerprint, choices=choices, **extra)
             return sse_event(payload.model_dump_json(exclude=exclude))
 
-        finish_reasons = [""] * job.num_choices
-        texts: list[list[str]] = [[] for _ in range(job.num_choices)]
-        text_offsets = [len(job.echo_texts[i // request.n]) for i in range(job.num_choices)]
-        try:
-            if request.echo:
-                for index in range(job.num_choices):
-                    echo = job.echo_texts[index // request.n]
-                    yield chunk([CompletionChoice(index=index, text=echo, logprobs=None, finish_reason=None)])
-            async for position, output in merge_streams(streams):
-                for sample in output.outputs:
-                    failure = finish_failure(sample.finish_reason)
-                    if failure is not None:
-                        raise failure
-                    index = job.choice_index(position, sample.index)
-                    if self.log_content:
-                        texts[index].append(sample.text)
-                    finish_reasons[index] = sample.finish_reason or ""
-                    logprobs = None
-                    if request.logprobs is not None:
-                        logprobs, text_offsets[index] = self._logprobs(sample.logprobs or [], request.logprobs,
-                                                                       text_offsets[index])
-                    yield chunk([CompletionChoice(index=index, text=sample.text, logprobs=logprobs,
-                                                  finish_reason=sample.finish_reason)])
-            if request.include_usage:
-                yield chunk([], usage=usage_of(streams))
-        except Exception as exc:
-            yield sse_error(stream_failure(exc, ctx))
-        finally:
-            await close_streams(streams)
-            self.fill_context(ctx, streams, finish_reasons, ["".join(t) for t in texts])
-        yield SSE_DONE
+        text_offsets = [len(job.echo_text(index)) for index in range(job.num_choices)]
+        if request.echo:
+            for index in range(job.num_choices):
+                yield chunk([CompletionChoice(index=index, text=job.echo_text(index), logprobs=None,
+                                              finish_reason=None)])
+        async for index, sample in choice_deltas(streams, request.n):
+            samples[index].add(sample, keep_text=self.log_content)
+            logprobs = None
+            if request.logprobs is not None:
+                logprobs, text_offsets[index] = self._logprobs(sample.logprobs or [], request.logprobs,
+                                                               text_offsets[index])
+            yield chunk([CompletionChoice(index=index, text=sample.text, logprobs=logprobs,
+                                          finish_reason=sample.finish_reason)])
+        if request.include_usage:
+            yield chunk([], usage=usage_of(streams))
 
     def _logprobs(self, entries: list[TokenLogprob], num_top: int,
                   text_offset: int) -> tuple[CompletionLogprobs, int]:
