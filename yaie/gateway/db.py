@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, event
+from sqlalchemy import Table, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+MIGRATION_LOCK_ID = 0x7961696567  # "yaieg": the advisory lock that serialises PostgreSQL migrations
 
 
 class Database:
@@ -37,8 +40,27 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
+        """Upgrade to head. Several processes may start at once: PostgreSQL serialises them with an advisory
+        lock held by the migration's transaction, SQLite with a lock file beside the database."""
+        if self.is_sqlite:
+            path = self.url.split(":///", 1)[1]
+            lock_path = None if not path or path == ":memory:" else Path(path + ".migrate.lock")
+            await asyncio.to_thread(_with_file_lock, lock_path, self._sync_migrate)
+            return
         async with self.engine.begin() as connection:
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
             await connection.run_sync(_upgrade_to_head)
+
+    def _sync_migrate(self) -> None:
+        from sqlalchemy import create_engine
+
+        engine = create_engine("sqlite:///" + self.url.split(":///", 1)[1])
+        event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            with engine.begin() as connection:
+                _upgrade_to_head(connection)
+        finally:
+            engine.dispose()
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -58,6 +80,20 @@ class Database:
             index_elements=key_columns,
             set_={c: table.c[c] + statement.excluded[c] for c in add_columns},
         )
+
+
+def _with_file_lock(lock_path: Path | None, work: Callable[[], None]) -> None:
+    if lock_path is None:
+        work()
+        return
+    import fcntl
+
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            work()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
