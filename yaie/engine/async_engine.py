@@ -93,6 +93,8 @@ class AsyncEngine:
         token_ids = self.engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.engine.validate_prompt(token_ids, params)
         self.check_admission(len(token_ids) * params.n)
+        if params.structured is not None:  # compile off the engine thread; an invalid grammar raises here
+            await asyncio.to_thread(self.engine.structured.compiler.compile, params.structured)
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()

@@ -16,6 +16,8 @@ from yaie.engine.output_processor import OutputProcessor
 from yaie.engine.setup import EngineParts, build_engine_parts
 from yaie.scheduler.output import RequestUpdate
 from yaie.scheduler.scheduler import Scheduler
+from yaie.structured.compiler import GrammarCompiler
+from yaie.structured.manager import StructuredOutputManager
 from yaie.types import (
     FinishReason,
     InvalidParameterError,
@@ -54,6 +56,8 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler, config.cache, self.parts.num_blocks)
         self.runner = self.parts.runner
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.structured = StructuredOutputManager(
+            GrammarCompiler(self.tokenizer, self.parts.vocab_size, self.parts.eos_token_ids))
         self._prompt_tokens_total = 0
         self._generation_tokens_total = 0
 
@@ -72,6 +76,8 @@ class LLMEngine:
         token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.validate_prompt(token_ids, params)
         self.check_admission(len(token_ids) * params.n)
+        if params.structured is not None:
+            self.structured.compiler.compile(params.structured)  # an invalid grammar raises here
         times = RequestTimes(arrival=arrival_time if arrival_time is not None else time.monotonic())
         children = [
             Request(
@@ -91,6 +97,8 @@ class LLMEngine:
         self._prompt_tokens_total += len(token_ids)
         for child in children:
             self.scheduler.add_request(child)
+            if params.structured is not None:
+                self.structured.add(child)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=True)
@@ -128,6 +136,7 @@ class LLMEngine:
         if state is None:
             return None
         self.scheduler.finish_requests([c.request_id for c in state.children], FinishReason.ABORT)
+        self.structured.remove(c.request_id for c in state.children)
         return self.output_processor.abort(request_id)
 
     def has_unfinished_requests(self) -> bool:
@@ -138,12 +147,24 @@ class LLMEngine:
         if scheduled.is_empty:
             updates = [RequestUpdate(r, [], [], FinishReason.TIMEOUT) for r in scheduled.timed_out_requests]
         else:
-            updates = self.scheduler.update(scheduled, self.runner.execute(scheduled))
+            grammar = self.structured.bitmask(scheduled.chunks) if self.structured.has_requests else None
+            updates = self.scheduler.update(scheduled, self.runner.execute(scheduled, grammar))
+            if self.structured.has_requests:
+                updates = self._advance_grammars(updates)
         processed = self.output_processor.process(updates)
         if processed.stop_string_child_ids:
             self.scheduler.finish_requests(processed.stop_string_child_ids, FinishReason.STOP)
         self._generation_tokens_total += sum(len(u.new_token_ids) for u in updates)
         return processed.outputs
+
+    def _advance_grammars(self, updates: list[RequestUpdate]) -> list[RequestUpdate]:
+        """Advance the constrained requests' matchers; a request whose grammar is complete finishes now."""
+        completed = self.structured.advance(updates)
+        if not completed:
+            return updates
+        self.scheduler.finish_requests(completed, FinishReason.STOP)
+        return [replace(u, finish_reason=FinishReason.STOP) if u.request.request_id in completed else u
+                for u in updates]
 
     def stats(self) -> EngineStats:
         s = self.scheduler.stats()

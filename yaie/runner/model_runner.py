@@ -13,6 +13,7 @@ import torch
 from yaie.attention.cpu_kernel import load_decode_kernel
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.input_batch import prepare_inputs
+from yaie.sampling.allowed_tokens import AllowedTokens, GrammarBitmask
 from yaie.sampling.metadata import SamplingMetadata
 from yaie.sampling.sampler import Sampler
 from yaie.scheduler.output import RunnerOutput, SchedulerOutput
@@ -43,7 +44,8 @@ class ModelRunner:
         logger.info("decode attention: %s", "paged C kernel" if self.decode_kernel else "PyTorch gather + SDPA")
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+    def execute(self, sched: SchedulerOutput, grammar: GrammarBitmask | None = None) -> RunnerOutput:
+        """One step; `grammar` holds the token masks of the constrained chunks that sample (None: none)."""
         inputs = prepare_inputs(sched, self.block_size, self.device, self.decode_kernel)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)  # [T, H]
         sampled: list[int | None] = [None] * len(sched.chunks)
@@ -52,7 +54,10 @@ class ModelRunner:
             return RunnerOutput(sampled, logprobs)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [N, V] float32
         requests = [sched.chunks[i].request for i in inputs.sample_chunk_indices]
-        metadata = SamplingMetadata.from_requests(requests, self.vocab_size, self.device)
+        allowed = None
+        if grammar is not None:
+            allowed = AllowedTokens.for_rows(grammar, inputs.sample_chunk_indices, self.device)
+        metadata = SamplingMetadata.from_requests(requests, self.vocab_size, self.device, allowed)
         out = self.sampler(logits, metadata)
         token_ids = out.token_ids.tolist()
         for row, chunk_idx in enumerate(inputs.sample_chunk_indices):

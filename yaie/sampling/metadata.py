@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from yaie.sampling.allowed_tokens import AllowedTokens
 from yaie.sampling.penalties import LogitEdits, build_logit_edits
 from yaie.types import Request, SamplingParams
 
@@ -64,6 +65,7 @@ class SamplingMetadata:
     logprob_row_ids: torch.Tensor | None  # [L] int64
     num_logprobs: tuple[int, ...]  # [L]
     max_num_logprobs: int | None
+    allowed_tokens: AllowedTokens | None = None  # grammar masks of constrained rows (None: none is)
 
     @property
     def is_plain_greedy(self) -> bool:
@@ -72,9 +74,11 @@ class SamplingMetadata:
 
     @classmethod
     def from_requests(
-        cls, requests: Sequence[Request], vocab_size: int, device: torch.device
+        cls, requests: Sequence[Request], vocab_size: int, device: torch.device,
+        allowed_tokens: AllowedTokens | None = None,
     ) -> SamplingMetadata:
-        """Batch the sampling settings of `requests`, one row each, in order."""
+        """Batch the sampling settings of `requests`, one row each, in order (`allowed_tokens`: the
+        grammar masks of the constrained rows, see yaie.sampling.allowed_tokens)."""
         if not requests:
             raise ValueError("requests must not be empty")
         if vocab_size < 1:
@@ -96,6 +100,7 @@ class SamplingMetadata:
             logprob_row_ids=_int_tensor(logprob_rows, device) if logprob_rows else None,
             num_logprobs=num_logprobs,
             max_num_logprobs=max(num_logprobs) if num_logprobs else None,
+            allowed_tokens=allowed_tokens,
         )
 
 

@@ -1,6 +1,7 @@
 """The batched sampler: logits [N, V] -> one token per row (and logprobs for the rows that asked).
 
 Stages, each skipped when no row of the batch needs it:
+  0. grammar masks: constrained rows (structured output) get -inf on every token their grammar disallows
   1. logit bias -> min_tokens masking -> repetition / frequency / presence penalties  (sparse edits)
   2. logprobs: log_softmax of the logits after stage 1, before temperature and top-k/top-p/min-p. This matches
      vLLM's default "raw processed" logprobs: they describe the model's (penalised) distribution, not the
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from yaie.sampling.allowed_tokens import apply_allowed_tokens
 from yaie.sampling.metadata import RandomRows, SamplingMetadata
 from yaie.sampling.penalties import apply_logit_edits
 from yaie.types import TokenLogprob
@@ -49,6 +51,8 @@ class Sampler:
         """logits: [N, V] float32, row i belonging to the i-th request of `metadata`."""
         if logits.dim() != 2 or logits.shape[0] != metadata.num_rows:
             raise ValueError(f"logits must be [{metadata.num_rows}, V], got {list(logits.shape)}")
+        if metadata.allowed_tokens is not None:
+            logits = apply_allowed_tokens(logits.float(), metadata.allowed_tokens)
         if metadata.is_plain_greedy:
             return SamplerOutput(token_ids=logits.argmax(dim=-1), logprobs=[None] * metadata.num_rows)
         if logits.dtype != torch.float32:

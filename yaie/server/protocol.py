@@ -3,7 +3,8 @@
 Requests forbid unknown fields, so nothing a client sends is silently ignored: an unknown field is a 400 that
 names it. Fields OpenAI defines that we do not implement are declared (so the 400 says "not supported") and
 checked by `check_supported`; fields with no effect on the output (user, metadata, ...) are accepted.
-Our extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, priority.
+Our extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, priority, and the output
+constraints guided_json, guided_regex, guided_choice (see yaie.structured.specs).
 Responses mirror OpenAI's shapes field for field (see shared/openai-openapi/openapi.json).
 """
 
@@ -13,7 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
-from yaie.types import InvalidParameterError, SamplingParams
+from yaie.structured.specs import choice_spec, json_schema_spec, regex_spec, response_format_spec
+from yaie.types import InvalidParameterError, SamplingParams, StructuredSpec
 
 FinishReasonName = Literal["stop", "length"]
 
@@ -81,7 +83,11 @@ class _SamplingRequest(_Request):
     min_tokens: int = 0
     ignore_eos: bool = False
     priority: int = 0
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
 
+    CONSTRAINT_FIELDS: ClassVar[tuple[str, ...]] = ("guided_json", "guided_regex", "guided_choice")
     # field -> the values that are fine (no effect); any other value is "not supported"
     UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
@@ -116,10 +122,29 @@ class _SamplingRequest(_Request):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            structured=self.structured_spec(),
         )
+
+    def structured_spec(self) -> StructuredSpec | None:
+        """The output constraint asked for (at most one of the guided_* fields), or None."""
+        given = [name for name in self.CONSTRAINT_FIELDS
+                 if getattr(self, name) not in (None, {"type": "text"})]
+        if len(given) > 1:
+            raise InvalidParameterError(given[1], f"only one output constraint may be given, got "
+                                                  f"{', '.join(given)}")
+        if not given:
+            return None
+        if given[0] == "guided_json":
+            return json_schema_spec(self.guided_json, strict=False, param="guided_json")
+        if given[0] == "guided_regex":
+            return regex_spec(self.guided_regex or "")
+        if given[0] == "guided_choice":
+            return choice_spec(self.guided_choice or [])
+        return response_format_spec(getattr(self, given[0]))
 
 
 class ChatCompletionRequest(_SamplingRequest):
+    CONSTRAINT_FIELDS: ClassVar[tuple[str, ...]] = ("response_format", *_SamplingRequest.CONSTRAINT_FIELDS)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -147,7 +172,7 @@ class ChatCompletionRequest(_SamplingRequest):
     UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple[Any, ...]]] = {
         "store": (None, False), "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
         "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
-        "function_call": (None, "none", "auto"), "response_format": (None, {"type": "text"}),
+        "function_call": (None, "none", "auto"),
         "reasoning_effort": (None,), "web_search_options": (None,),
         "service_tier": (None, "auto", "default"),
     }
