@@ -60,6 +60,7 @@ class GenerationStream:
         self._first: RequestOutput | None = None
         self._waiting_task: asyncio.Task[object] | None = None  # the task awaiting the engine, if any
         self._is_shut_down = False
+        self._finish_reasons: list[str] = []  # of every sample, as they finish
 
     async def start(self) -> None:
         """Wait for the first output; raises the engine's validation/admission errors."""
@@ -94,7 +95,10 @@ class GenerationStream:
         output, self._first = self._first, None
         last_time = time.monotonic()
         while True:
-            self.num_completion_tokens += sum(len(c.token_ids) for c in output.outputs)
+            for sample in output.outputs:
+                self.num_completion_tokens += len(sample.token_ids)
+                if sample.finish_reason is not None:
+                    self._finish_reasons.append(sample.finish_reason)
             if output.finished:
                 self._on_finished(output)
             yield output
@@ -111,8 +115,7 @@ class GenerationStream:
         if times is not None:
             if times.first_token_time is not None:
                 self.first_token_latency_s = times.first_token_time - times.arrival_time
-            reasons = [c.finish_reason for c in output.outputs if c.finish_reason is not None]
-            self._metrics.observe_finished(times, reasons)
+            self._metrics.observe_finished(times, self._finish_reasons)
 
     async def aclose(self) -> None:
         self._active.discard(self)
