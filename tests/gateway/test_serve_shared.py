@@ -44,10 +44,11 @@ async def _attempt(client: openai.AsyncOpenAI) -> str:
 def test_two_servers_share_one_limit_and_usage_survives_shutdown(shared_yaml: tuple[Path, str],
                                                                    tmp_path: Path) -> None:
     yaml_path, url = shared_yaml
-    first, second = launch(tmp_path, yaml_path), launch(tmp_path, yaml_path)
-    servers = [wait_healthy(first), wait_healthy(second)]
+    servers = [launch(tmp_path, yaml_path), launch(tmp_path, yaml_path)]
     try:
-        _, secret = first.create_key(rpm=7)  # the second server finds it in the database on first use
+        for server in servers:
+            wait_healthy(server)
+        _, secret = servers[0].create_key(rpm=7)  # the second server finds it in the database on first use
 
         async def run() -> list[str]:
             clients = [servers[i % 2].async_client(secret) for i in range(64)]
@@ -56,7 +57,7 @@ def test_two_servers_share_one_limit_and_usage_survives_shutdown(shared_yaml: tu
         outcomes = asyncio.run(run())
         assert outcomes.count("ok") == 7 and outcomes.count("limited") == 57
     finally:
-        codes = [s.stop() for s in servers]
+        codes = [s.stop() for s in servers]  # SIGTERM: drain, flush the ledger, exit 0
     assert codes == [0, 0]  # clean shutdown: both flushed their ledgers
 
     async def ledger_rows() -> int:

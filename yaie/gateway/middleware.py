@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,7 @@ class GatewayMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
+        scope["yaie.gateway_started"] = time.perf_counter()
         record, error = await self._authenticate(Headers(scope=scope))
         if record is None:
             await _answer(scope, receive, send, error)
@@ -138,12 +140,18 @@ class GatewayMiddleware:
         elif self.gateway.config.pii.scan_completions and admission.record.spec.pii_mode != "off" and not is_stream:
             scanner = await self.gateway.pii_scanner()
             transform = lambda data: redact_completion_body(data, scanner, self._count_completion_pii)  # noqa: E731
+        metrics = self.gateway.metrics
+        if metrics is not None:
+            metrics.admit_time.observe(time.perf_counter() - scope["yaie.gateway_started"])
         try:
             await _forward(self.app, scope, _replay(body, receive), send, admission.grant.headers, transform, status)
         finally:
+            settle_started = time.perf_counter()
             ctx = scope.get("yaie.context")
             usage = _usage(ctx, status, embedding_usage)
             await asyncio.shield(self.gateway.finish(admission, usage, status[0] if status else STATUS_CLIENT_CLOSED))
+            if metrics is not None:
+                metrics.settle_time.observe(time.perf_counter() - settle_started)
 
     def _model_of(self, kind: str, request: dict[str, Any]) -> str:
         model = request.get("model")
