@@ -19,6 +19,7 @@ _ENGINE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("kv_cache_memory", float, "KV cache budget: bytes if > 1, else a fraction of free memory"),
     ("max_model_len", int, "context window cap"),
     ("dtype", str, "weights/activations dtype (auto, float32, bfloat16, float16)"),
+    ("quantization", str, "weight quantization (none, int8)"),
 )
 
 

@@ -145,7 +145,9 @@ class AsyncEngine:
             if command is None:
                 return False
             if isinstance(command, _Abort):
-                self.engine.abort(command.request_id)
+                final = self.engine.abort(command.request_id)
+                if final is not None:  # a server-side abort: the stream still waits for its last delta
+                    self._deliver([final])
                 continue
             try:
                 self.engine.add_request(command.request_id, command.token_ids, command.params,

@@ -15,6 +15,7 @@ from yaie.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig
 from yaie.models.loader import load_checkpoint
 from yaie.models.registry import build_model
 from yaie.runner.model_runner import ModelRunner, kv_bytes_per_block
+from yaie.runner.quantization import quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     arch = checkpoint.arch
     max_model_len = min(config.model.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings)
     model = build_model(checkpoint, dtype, device)
+    if config.model.quantization == "int8":
+        logger.info("int8 quantization: %d linear layers", quantize_int8(model))
     num_blocks = plan_num_blocks(config.cache, model, dtype, device, max_model_len)
     runner = ModelRunner(model, num_blocks, config.cache.block_size, device, dtype, seed=config.model.seed,
                          use_cpu_kernel=config.runner.cpu_attention_kernel)

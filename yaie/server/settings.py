@@ -25,6 +25,7 @@ from yaie.config import (
     EngineConfig,
     ModelConfig,
     Policy,
+    Quantization,
     RunnerConfig,
     SchedulerConfig,
 )
@@ -55,6 +56,8 @@ class ServeSettings(BaseModel):
     device: Device = _opt("auto", "Device to run on (auto: CUDA when available).", "model.device")
     max_model_len: int | None = _opt(None, "Context window in tokens (default: the model's own).",
                                      "model.max_model_len", ge=1)
+    quantization: Quantization = _opt("none", "Weight quantization: none (exact float) or int8 (int8 weights and "
+                                               "activations; much faster matmuls on CPU).", "model.quantization")
     seed: int = _opt(0, "Seed of the engine's random generator (requests may pass their own).", "model.seed")
     # scheduler
     max_num_seqs: int = _opt(64, "Most sequences in one batch.", "scheduler.max_num_seqs", ge=1)
@@ -114,7 +117,7 @@ class ServeSettings(BaseModel):
         return EngineConfig(
             model=ModelConfig(model=self.model, served_model_name=self.served_model_name, dtype=self.dtype,
                               device=self.device, max_model_len=self.max_model_len,
-                              seed=self.seed),
+                              quantization=self.quantization, seed=self.seed),
             cache=CacheConfig(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory,
                               num_blocks=self.num_blocks, enable_prefix_caching=self.enable_prefix_caching),
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
