@@ -30,10 +30,11 @@ class TorchPagedAttention:
         num_decode = meta.num_decode_tokens
         out = torch.empty_like(q)
         if meta.decode is not None and meta.decode_kernel is not None:
-            out[:num_decode] = meta.decode_kernel(
-                q[:num_decode].contiguous(), kv_cache[0], kv_cache[1], meta.decode.block_table,
-                meta.decode.context_lens, meta.block_size, self.scale,
-            )
+            with torch.profiler.record_function("paged_decode_attention_kernel"):
+                out[:num_decode] = meta.decode_kernel(
+                    q[:num_decode].contiguous(), kv_cache[0], kv_cache[1], meta.decode.block_table,
+                    meta.decode.context_lens, meta.block_size, self.scale,
+                )
         elif meta.decode is not None:
             out[:num_decode] = self._attend(q[:num_decode], kv_cache, meta.decode)
         if meta.prefill is not None:
