@@ -19,7 +19,7 @@ SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "openai-open
 @functools.cache
 def _components() -> dict[str, Any]:
     if not SPEC_PATH.exists():
-        pytest.skip(f"OpenAI OpenAPI description not found at {SPEC_PATH}")
+        pytest.fail(f"OpenAI OpenAPI description not found at {SPEC_PATH} (shared/ must sit beside the repo)")
     return _nullable_to_anyof(json.loads(SPEC_PATH.read_text())["components"])
 
 

