@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 from yaie.structured.specs import choice_spec, json_schema_spec, regex_spec, response_format_spec
 from yaie.types import InvalidParameterError, SamplingParams, StructuredSpec
 
-FinishReasonName = Literal["stop", "length"]
+FinishReasonName = Literal["stop", "length", "tool_calls"]
 
 
 class _Request(BaseModel):
@@ -143,6 +143,27 @@ class _SamplingRequest(_Request):
         return response_format_spec(getattr(self, given[0]))
 
 
+class FunctionDefinition(_Request):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatCompletionRequest(_SamplingRequest):
     CONSTRAINT_FIELDS: ClassVar[tuple[str, ...]] = ("response_format", *_SamplingRequest.CONSTRAINT_FIELDS)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -161,8 +182,8 @@ class ChatCompletionRequest(_SamplingRequest):
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
-    tools: Any = None
-    tool_choice: Any = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: Any = None
     function_call: Any = None
     response_format: Any = None
@@ -171,7 +192,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
     UNSUPPORTED_FIELDS: ClassVar[dict[str, tuple[Any, ...]]] = {
         "store": (None, False), "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
-        "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+        "functions": (None, []),
         "function_call": (None, "none", "auto"),
         "reasoning_effort": (None,), "web_search_options": (None,),
         "service_tier": (None, "auto", "default"),
@@ -277,10 +298,31 @@ class ChatChoiceLogprobs(BaseModel):
     refusal: list[ChatTokenLogprob] | None = None
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # a JSON object, serialised
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatResponseMessage(BaseModel):
+    """The assistant's answer; `tool_calls` is left out when there are none."""
+
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_tool_calls(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatChoice(BaseModel):
@@ -300,15 +342,38 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer
+    def _without_nones(self) -> dict[str, Any]:
+        return {k: v for k, v in (("name", self.name), ("arguments", self.arguments)) if v is not None}
+
+
+class DeltaToolCall(BaseModel):
+    """A streamed piece of tool call number `index`; the first piece carries id, type and name."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nones(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class DeltaMessage(BaseModel):
     """A streamed delta; fields that are None are left out (OpenAI sends only what changed)."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
-    @model_serializer
-    def _without_nones(self) -> dict[str, Any]:
-        return {k: v for k, v in (("role", self.role), ("content", self.content)) if v is not None}
+    @model_serializer(mode="wrap")
+    def _without_nones(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatStreamChoice(BaseModel):

@@ -22,7 +22,6 @@ from yaie.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessage,
-    ChatResponseMessage,
     ChatStreamChoice,
     ChatTokenLogprob,
     DeltaMessage,
@@ -39,6 +38,13 @@ from yaie.server.serving_base import (
     sse_event,
     usage_of,
 )
+from yaie.server.tool_calls import (
+    ToolSetup,
+    render_tool_conversation,
+    tool_delta,
+    tool_message,
+    with_tool_constraint,
+)
 from yaie.types import InvalidParameterError, TokenLogprob
 
 
@@ -46,8 +52,10 @@ class ServingChat(ServingBase):
     async def create(self, request: ChatCompletionRequest, receive: Receive, ctx: RequestContext) -> Response:
         request.check_supported()
         self.check_model(request.model)
-        prompt_ids = self.render_prompt(request.messages)
+        tools = ToolSetup.from_request(request.tools, request.tool_choice, request.parallel_tool_calls)
+        prompt_ids = self.render_prompt(request.messages, tools)
         params = self.check_params(request.sampling_params(request.output_limit, request.num_logprobs))
+        params = with_tool_constraint(params, tools)
         completion_id = new_id("chatcmpl")
         ctx.completion_id, ctx.model, ctx.stream = completion_id, self.model_name, request.stream
         ctx.prompt_tokens = len(prompt_ids)
@@ -55,38 +63,42 @@ class ServingChat(ServingBase):
             ctx.prompt = self.tokenizer.decode(prompt_ids)
         streams = self.open_streams([prompt_ids], params, completion_id, request.priority)
         if not request.stream:
-            body = await cancel_on_disconnect(receive, self._complete(streams, request, completion_id, ctx))
+            body = await cancel_on_disconnect(receive, self._complete(streams, request, completion_id, ctx, tools))
             return Response(body.model_dump_json(), media_type="application/json")
         return await self.stream_response(receive, streams, request.n, ctx,
-                                          lambda samples: self._chunks(streams, request, completion_id, samples))
+                                          lambda samples: self._chunks(streams, request, completion_id, samples,
+                                                                       tools))
 
-    def render_prompt(self, messages: list[ChatMessage]) -> list[int]:
-        """The chat template applied with the generation prompt, as token ids."""
+    def render_prompt(self, messages: list[ChatMessage], tools: ToolSetup | None = None) -> list[int]:
+        """The chat template applied with the generation prompt, as token ids (tools: see tool_calls)."""
         if not self.tokenizer.chat_template:
             raise InvalidParameterError("messages", "this model has no chat template; use /v1/completions")
-        conversation = [_template_message(m) for m in messages]
+        conversation, template_tools = render_tool_conversation(
+            [_template_message(m) for m in messages], tools, "tools" in self.tokenizer.chat_template)
         try:
             rendered: Any = self.tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+                conversation, tools=template_tools, add_generation_prompt=True, tokenize=True, return_dict=False)
         except Exception as exc:  # jinja2 raises TemplateError subclasses and plain exceptions from templates
             raise InvalidParameterError("messages", f"the chat template rejected the messages: {exc}") from None
         return list(rendered)
 
     async def _complete(self, streams: list[GenerationStream], request: ChatCompletionRequest,
-                        completion_id: str, ctx: RequestContext) -> ChatCompletionResponse:
+                        completion_id: str, ctx: RequestContext, tools: ToolSetup | None = None
+                        ) -> ChatCompletionResponse:
         samples = await self.collect(streams, request.n, ctx)
         choices = [
-            ChatChoice(index=i, message=ChatResponseMessage(content=s.text),
+            ChatChoice(index=i, message=message,
                        logprobs=self._logprobs(s.logprobs, request) if request.logprobs else None,
-                       finish_reason=s.finish_reason or "stop")
+                       finish_reason=finish_reason)
             for i, s in enumerate(samples)
+            for message, finish_reason in [tool_message(s.text, s.finish_reason, tools)]
         ]
         return ChatCompletionResponse(id=completion_id, created=int(time.time()), model=self.model_name,
                                       system_fingerprint=self.system_fingerprint, choices=choices,
                                       usage=usage_of(streams))
 
     async def _chunks(self, streams: list[GenerationStream], request: ChatCompletionRequest, completion_id: str,
-                      samples: list[SampleAccumulator]) -> AsyncIterator[str]:
+                      samples: list[SampleAccumulator], tools: ToolSetup | None = None) -> AsyncIterator[str]:
         """The stream's chunks; `sse` frames them (errors, [DONE]) and records `samples` for the log."""
         created = int(time.time())
         exclude = None if request.include_usage else {"usage"}
@@ -98,11 +110,14 @@ class ServingChat(ServingBase):
 
         for index in range(request.n):
             yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
+        parsers = [tools.parser() for _ in range(request.n)] if tools is not None else None
         async for index, sample in choice_deltas(streams, request.n):
             samples[index].add(sample, keep_text=self.log_content)
             logprobs = self._logprobs(sample.logprobs or [], request) if request.logprobs else None
-            yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(content=sample.text), logprobs=logprobs,
-                                          finish_reason=sample.finish_reason)])
+            delta, finish_reason = DeltaMessage(content=sample.text), sample.finish_reason
+            if parsers is not None:
+                delta, finish_reason = tool_delta(parsers[index], sample.text, sample.finish_reason)
+            yield chunk([ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)])
         if request.include_usage:
             yield chunk([], usage=usage_of(streams))
 
