@@ -4,7 +4,8 @@ Requests forbid unknown fields, so nothing a client sends is silently ignored: a
 names it. Fields OpenAI defines that we do not implement are declared (so the 400 says "not supported") and
 checked by `check_supported`; fields with no effect on the output (user, metadata, ...) are accepted.
 Our extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, priority, and the output
-constraints guided_json, guided_regex, guided_choice (see yaie.structured.specs).
+constraints guided_json, guided_regex, guided_choice (see yaie.structured.specs), and for chat
+context_strategy (see yaie.server.context_window).
 Responses mirror OpenAI's shapes field for field (see shared/openai-openapi/openapi.json).
 """
 
@@ -14,6 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
+from yaie.server.context_window import ContextStrategy
 from yaie.structured.specs import choice_spec, json_schema_spec, regex_spec, response_format_spec
 from yaie.types import InvalidParameterError, SamplingParams, StructuredSpec
 
@@ -167,6 +169,7 @@ class NamedToolChoice(_Request):
 class ChatCompletionRequest(_SamplingRequest):
     CONSTRAINT_FIELDS: ClassVar[tuple[str, ...]] = ("response_format", *_SamplingRequest.CONSTRAINT_FIELDS)
     messages: list[ChatMessage] = Field(min_length=1)
+    context_strategy: ContextStrategy | None = None  # extension; None: the server's --context-strategy
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
@@ -276,11 +279,30 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
+class ContextTruncationInfo(BaseModel):
+    """Our extension to usage: what the context strategy removed from the prompt (see context_window)."""
+
+    strategy: str
+    dropped_messages: int
+    truncated_messages: int
+    dropped_tokens: int
+
+
 class Usage(BaseModel):
+    """Token counts; `context_truncation` (our extension) only appears when messages were removed."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
+    context_truncation: ContextTruncationInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_truncation(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("context_truncation") is None:
+            data.pop("context_truncation", None)
+        return data
 
 
 class TopLogprob(BaseModel):

@@ -15,6 +15,12 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from yaie.server.access_log import RequestContext
+from yaie.server.context_window import (
+    CONTEXT_HEADER,
+    ContextTruncation,
+    fit_messages,
+    prompt_budget,
+)
 from yaie.server.protocol import (
     ChatChoice,
     ChatChoiceLogprobs,
@@ -24,8 +30,10 @@ from yaie.server.protocol import (
     ChatMessage,
     ChatStreamChoice,
     ChatTokenLogprob,
+    ContextTruncationInfo,
     DeltaMessage,
     TopLogprob,
+    Usage,
 )
 from yaie.server.serving_base import (
     GenerationStream,
@@ -49,11 +57,16 @@ from yaie.types import InvalidParameterError, TokenLogprob
 
 
 class ServingChat(ServingBase):
+    def __init__(self, *args: Any, context_strategy: str = "error", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context_strategy = context_strategy  # the server-wide default; requests may override it
+
     async def create(self, request: ChatCompletionRequest, receive: Receive, ctx: RequestContext) -> Response:
         request.check_supported()
         self.check_model(request.model)
         tools = ToolSetup.from_request(request.tools, request.tool_choice, request.parallel_tool_calls)
-        prompt_ids = self.render_prompt(request.messages, tools)
+        prompt_ids, truncation = self.fit_prompt(request, tools)
+        headers = {CONTEXT_HEADER: truncation.header_value()} if truncation is not None else None
         params = self.check_params(request.sampling_params(request.output_limit, request.num_logprobs))
         params = with_tool_constraint(params, tools)
         completion_id = new_id("chatcmpl")
@@ -64,17 +77,35 @@ class ServingChat(ServingBase):
         streams = self.open_streams([prompt_ids], params, completion_id, request.priority)
         if not request.stream:
             body = await cancel_on_disconnect(receive, self._complete(streams, request, completion_id, ctx, tools))
-            return Response(body.model_dump_json(), media_type="application/json")
-        return await self.stream_response(receive, streams, request.n, ctx,
-                                          lambda samples: self._chunks(streams, request, completion_id, samples,
-                                                                       tools))
+            body.usage = with_truncation(body.usage, truncation)
+            return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+        response = await self.stream_response(
+            receive, streams, request.n, ctx,
+            lambda samples: self._chunks(streams, request, completion_id, samples, tools, truncation))
+        response.headers.update(headers or {})
+        return response
+
+    def fit_prompt(self, request: ChatCompletionRequest, tools: ToolSetup | None
+                   ) -> tuple[list[int], ContextTruncation | None]:
+        """The prompt ids under the request's (or the server's) context strategy, and what it removed."""
+        budget = prompt_budget(self.engine.max_model_len, request.output_limit)
+        return fit_messages([_template_message(m) for m in request.messages],
+                            lambda conversation: self._render(conversation, tools), budget,
+                            request.context_strategy or self.context_strategy, self._tail_text)
+
+    def _tail_text(self, text: str, num_tokens: int) -> str:
+        token_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return str(self.tokenizer.decode(token_ids[-num_tokens:]))
 
     def render_prompt(self, messages: list[ChatMessage], tools: ToolSetup | None = None) -> list[int]:
         """The chat template applied with the generation prompt, as token ids (tools: see tool_calls)."""
+        return self._render([_template_message(m) for m in messages], tools)
+
+    def _render(self, messages: list[dict[str, Any]], tools: ToolSetup | None) -> list[int]:
         if not self.tokenizer.chat_template:
             raise InvalidParameterError("messages", "this model has no chat template; use /v1/completions")
         conversation, template_tools = render_tool_conversation(
-            [_template_message(m) for m in messages], tools, "tools" in self.tokenizer.chat_template)
+            messages, tools, "tools" in self.tokenizer.chat_template)
         try:
             rendered: Any = self.tokenizer.apply_chat_template(
                 conversation, tools=template_tools, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -98,7 +129,8 @@ class ServingChat(ServingBase):
                                       usage=usage_of(streams))
 
     async def _chunks(self, streams: list[GenerationStream], request: ChatCompletionRequest, completion_id: str,
-                      samples: list[SampleAccumulator], tools: ToolSetup | None = None) -> AsyncIterator[str]:
+                      samples: list[SampleAccumulator], tools: ToolSetup | None = None,
+                      truncation: ContextTruncation | None = None) -> AsyncIterator[str]:
         """The stream's chunks; `sse` frames them (errors, [DONE]) and records `samples` for the log."""
         created = int(time.time())
         exclude = None if request.include_usage else {"usage"}
@@ -119,7 +151,7 @@ class ServingChat(ServingBase):
                 delta, finish_reason = tool_delta(parsers[index], sample.text, sample.finish_reason)
             yield chunk([ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)])
         if request.include_usage:
-            yield chunk([], usage=usage_of(streams))
+            yield chunk([], usage=with_truncation(usage_of(streams), truncation))
 
     def _logprobs(self, entries: list[TokenLogprob], request: ChatCompletionRequest) -> ChatChoiceLogprobs:
         num_top = request.top_logprobs or 0
@@ -142,3 +174,13 @@ def _template_message(message: ChatMessage) -> dict[str, Any]:
         if value is not None:
             entry[key] = value
     return entry
+
+
+def with_truncation(usage: Usage, truncation: ContextTruncation | None) -> Usage:
+    """`usage` carrying the truncation report (our extension field), when there is one."""
+    if truncation is None:
+        return usage
+    info = ContextTruncationInfo(strategy=truncation.strategy, dropped_messages=truncation.dropped_messages,
+                                 truncated_messages=truncation.truncated_messages,
+                                 dropped_tokens=truncation.dropped_tokens)
+    return usage.model_copy(update={"context_truncation": info})

@@ -30,6 +30,7 @@ from yaie.config import (
     SchedulerConfig,
 )
 from yaie.embeddings.config import EmbeddingConfig
+from yaie.server.context_window import ContextStrategy
 
 ENV_PREFIX = "YAIE_"
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -98,6 +99,10 @@ class ServeSettings(BaseModel):
     log_content: bool = _opt(False, "Include prompt and completion text in the per-request log line.",
                              "server.log_content")
     log_level: LogLevel = _opt("info", "Log level.", "server.log_level")
+    context_strategy: ContextStrategy = _opt(
+        "error", "What to do with a chat whose messages do not fit the context window: error (400), "
+                 "truncate_oldest (drop the oldest non-system messages) or sliding_window (keep the most recent "
+                 "tokens); requests may choose their own with `context_strategy`.", "server.context_strategy")
     # gateway (yaie/gateway): on when --gateway-config or a `gateway:` section of --config is given
     gateway_config: str | None = _opt(None, "Gateway YAML (API keys, rate limits, budgets, PII, audit); a "
                                             "`gateway:` section of --config works too.", "server.gateway_config")
@@ -138,7 +143,8 @@ class ServeSettings(BaseModel):
     def server_config(self) -> ServerConfig:
         return ServerConfig(host=self.host, port=self.port, api_key=self.api_key,
                             max_request_bytes=self.max_request_bytes, shutdown_timeout_s=self.shutdown_timeout_s,
-                            log_content=self.log_content, log_level=self.log_level)
+                            log_content=self.log_content, log_level=self.log_level,
+                            context_strategy=self.context_strategy)
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class ServerConfig:
     shutdown_timeout_s: float = 30.0
     log_content: bool = False
     log_level: str = "info"
+    context_strategy: str = "error"
 
 
 class SettingsError(ValueError):

@@ -51,7 +51,8 @@ class ServerState:
         """Make the API available on a loaded, started engine."""
         self.metrics.attach_engine(engine.stats, engine.model_name)
         args = (engine, self.metrics, self.active_streams, self.config.log_content)
-        self.servings = Servings(ServingChat(*args), ServingCompletion(*args),
+        self.servings = Servings(ServingChat(*args, context_strategy=self.config.context_strategy),
+                                 ServingCompletion(*args),
                                  ServingModels(engine.model_name, engine.max_model_len))
         if self.embedding is not None:
             self.servings.models.add(self.embedding.model_name, self.embedding.model.max_input_tokens)
