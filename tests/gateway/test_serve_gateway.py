@@ -117,7 +117,7 @@ def test_concurrency_limit(server: GatewayServer) -> None:
         async def one() -> str:
             try:
                 await server.async_client(secret).chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": "Count to twenty."}], max_tokens=24)
+                    model=MODEL, messages=[{"role": "user", "content": "Count to twenty."}], max_tokens=16)
                 return "ok"
             except openai.RateLimitError as exc:
                 assert "concurrent" in exc.message

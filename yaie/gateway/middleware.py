@@ -98,7 +98,7 @@ class GatewayMiddleware:
             await _answer(scope, receive, send, admission_or_error)
             return
         admission, new_body = admission_or_error
-        await self._run(kind, admission, request, new_body, scope, receive, send)
+        await self._run(kind, admission, request, new_body or body, scope, receive, send)
 
     async def _admit(self, kind: str, record: KeyRecord, request: dict[str, Any], model: str, user: str | None,
                      request_id: str) -> APIError | tuple[Admission, bytes]:
@@ -117,7 +117,7 @@ class GatewayMiddleware:
                 return APIError(400, str(exc), "messages" if kind == "chat" else "prompt")
             self._count_pii(counts, "prompt", "redacted")
             pii_types = tuple(sorted(counts))
-        body = json.dumps(request).encode()
+        body = json.dumps(request).encode() if pii_types else b""  # b"": unchanged, forward the original
         num_prompt, num_completion = count_request_tokens(kind, request, self.state)
         try:
             admission = await gateway.admit(record, model, user, request_id, num_prompt, num_completion, pii_types)
