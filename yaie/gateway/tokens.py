@@ -48,7 +48,9 @@ def _completion(request: dict[str, Any], state: ServerState) -> tuple[int, int]:
 
 
 def _max_new(limit: int | None, num_prompt: int, max_model_len: int) -> int:
-    room = max(0, max_model_len - num_prompt)
+    """Most tokens one sample can generate. A prompt longer than the context may be truncated by the server
+    (context strategies), which frees room: then only the context length bounds the completion."""
+    room = max_model_len - num_prompt if num_prompt <= max_model_len else max_model_len
     return room if limit is None else max(0, min(limit, room))
 
 
