@@ -163,3 +163,19 @@ def test_chunk_masks_map_to_sampler_rows() -> None:
     assert allowed.row_ids.tolist() == [2, 0]
     with pytest.raises(ValueError, match="do not sample"):
         AllowedTokens.for_rows(grammar, [1, 2], torch.device("cpu"))
+
+
+def test_numpy_and_torch_mask_paths_agree() -> None:
+    from yaie.sampling.allowed_tokens import apply_allowed_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    vocab_size = 100  # not a multiple of 32: the last word's spare bits are ignored
+    bitmask = torch.randint(-2**31, 2**31 - 1, (2, 4), dtype=torch.int32, generator=generator)
+    allowed = AllowedTokens(row_ids=torch.tensor([3, 0]), bitmask=bitmask)
+    contiguous = torch.randn(4, vocab_size, generator=generator)
+    strided = contiguous.t().contiguous().t()  # same values, not contiguous: the torch path
+    assert not strided.is_contiguous()
+    expected = contiguous.clone()
+    expected[[3, 0]] = expected[[3, 0]].masked_fill(~unpack_bitmask(bitmask, vocab_size), float("-inf"))
+    assert torch.equal(apply_allowed_tokens(contiguous, allowed), expected)
+    assert torch.equal(apply_allowed_tokens(strided, allowed), expected)
