@@ -16,6 +16,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from yaie.server.context_window import ContextStrategy
+from yaie.server.protocol_tools import (
+    ChatTool,
+    ContextTruncationInfo,
+    DeltaToolCall,
+    NamedToolChoice,
+    ToolCall,
+)
 from yaie.structured.specs import choice_spec, json_schema_spec, regex_spec, response_format_spec
 from yaie.types import InvalidParameterError, SamplingParams, StructuredSpec
 
@@ -145,27 +152,6 @@ class _SamplingRequest(_Request):
         return response_format_spec(getattr(self, given[0]))
 
 
-class FunctionDefinition(_Request):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class ChatTool(_Request):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class FunctionName(_Request):
-    name: str
-
-
-class NamedToolChoice(_Request):
-    type: Literal["function"]
-    function: FunctionName
-
-
 class ChatCompletionRequest(_SamplingRequest):
     CONSTRAINT_FIELDS: ClassVar[tuple[str, ...]] = ("response_format", *_SamplingRequest.CONSTRAINT_FIELDS)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -279,15 +265,6 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
-class ContextTruncationInfo(BaseModel):
-    """Our extension to usage: what the context strategy removed from the prompt (see context_window)."""
-
-    strategy: str
-    dropped_messages: int
-    truncated_messages: int
-    dropped_tokens: int
-
-
 class Usage(BaseModel):
     """Token counts; `context_truncation` (our extension) only appears when messages were removed."""
 
@@ -318,17 +295,6 @@ class ChatTokenLogprob(TopLogprob):
 class ChatChoiceLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None
     refusal: list[ChatTokenLogprob] | None = None
-
-
-class ToolCallFunction(BaseModel):
-    name: str
-    arguments: str  # a JSON object, serialised
-
-
-class ToolCall(BaseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: ToolCallFunction
 
 
 class ChatResponseMessage(BaseModel):
@@ -362,28 +328,6 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str
     choices: list[ChatChoice]
     usage: Usage
-
-
-class DeltaFunction(BaseModel):
-    name: str | None = None
-    arguments: str | None = None
-
-    @model_serializer
-    def _without_nones(self) -> dict[str, Any]:
-        return {k: v for k, v in (("name", self.name), ("arguments", self.arguments)) if v is not None}
-
-
-class DeltaToolCall(BaseModel):
-    """A streamed piece of tool call number `index`; the first piece carries id, type and name."""
-
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: DeltaFunction | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_nones(self, handler: Any) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class DeltaMessage(BaseModel):

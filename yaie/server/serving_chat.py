@@ -30,11 +30,11 @@ from yaie.server.protocol import (
     ChatMessage,
     ChatStreamChoice,
     ChatTokenLogprob,
-    ContextTruncationInfo,
     DeltaMessage,
     TopLogprob,
     Usage,
 )
+from yaie.server.protocol_tools import ContextTruncationInfo
 from yaie.server.serving_base import (
     GenerationStream,
     SampleAccumulator,

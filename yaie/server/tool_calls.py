@@ -30,15 +30,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from yaie.server.protocol import (
-    ChatResponseMessage,
-    DeltaFunction,
-    DeltaMessage,
-    DeltaToolCall,
-    FinishReasonName,
-    ToolCall,
-    ToolCallFunction,
-)
+from yaie.server.protocol import ChatResponseMessage, DeltaMessage, FinishReasonName
+from yaie.server.protocol_tools import DeltaFunction, DeltaToolCall, ToolCall, ToolCallFunction
 from yaie.structured.specs import JSON_OPTIONS, check_json_schema, close_objects
 from yaie.types import InvalidParameterError, SamplingParams, StructuredSpec
 
