@@ -87,10 +87,15 @@ def select_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
 
 
 def configure_threads(config: RunnerConfig, device: torch.device) -> None:
+    """Default on CPU: all cores but one, which stays free for the HTTP server, tokenizer and OS.
+
+    Measured on a 2-core machine (docs/benchmarks.md): when anything else needs the CPU, a 2-thread OpenMP team
+    waits at every op's barrier for its descheduled peer and runs 4-25x slower than 1 thread.
+    """
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     elif device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
 
 def plan_num_blocks(
