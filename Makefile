@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: install serve test lint bench clean
+.PHONY: install services serve test lint bench clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,14 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/yaie serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# The gateway tests start real PostgreSQL and Redis servers (Debian packages).
+services:
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing postgresql and redis-server (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null; \
+	fi
+
+test: $(STAMP) services
 	$(VENV)/bin/ruff check .
 	$(VPY) -m pytest -q
 
