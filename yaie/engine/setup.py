@@ -87,15 +87,17 @@ def select_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
 
 
 def configure_threads(config: RunnerConfig, device: torch.device) -> None:
-    """Default on CPU: all cores but one, which stays free for the HTTP server, tokenizer and OS.
+    """Default on CPU: one torch thread per core.
 
-    Measured on a 2-core machine (docs/benchmarks.md): when anything else needs the CPU, a 2-thread OpenMP team
-    waits at every op's barrier for its descheduled peer and runs 4-25x slower than 1 thread.
+    Measured on the 2-core dev machine with `yaie serve` at concurrency 32 (docs/benchmarks.md): 2 threads give
+    1.65x the throughput of 1 — the server's own work costs little. But when OTHER processes load the cores, a
+    2-thread team waits at every op's barrier for its descheduled peer and runs 4-25x slower than 1 thread:
+    on a shared machine pass `--num-threads` = free cores.
     """
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     elif device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 def plan_num_blocks(
