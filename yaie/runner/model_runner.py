@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from yaie.attention.cpu_kernel import load_decode_kernel
@@ -78,4 +79,15 @@ def allocate_kv_caches(
     """One [2, num_blocks * block_size, Hkv, D] tensor per layer, zeroed (masked slots must stay finite)."""
     arch = model.arch
     shape = (2, num_blocks * block_size, arch.num_key_value_heads, arch.head_dim)
-    return [torch.zeros(shape, dtype=kv_dtype, device=device) for _ in range(arch.num_hidden_layers)]
+    return [_zeros(shape, kv_dtype, device) for _ in range(arch.num_hidden_layers)]
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """On CPU, calloc-backed zeros (numpy): pages are mapped only when first written, so resident memory grows
+    with the KV actually used instead of the whole budget at start."""
+    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
+    return torch.zeros(shape, dtype=dtype, device=device)
