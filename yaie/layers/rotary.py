@@ -27,6 +27,11 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """llama3 scaling in float32 torch ops, in the order transformers computes it: bit-identical frequencies.
+
+    (`arch.llama3_frequency_divisors` states the same rule in float64 Python for checking GGUF metadata; using it
+    here moves frequencies by ~1 ulp, enough to break greedy identity with transformers in rare cases.)
+    """
     old_len = scaling.original_max_position_embeddings
     low_wavelen = old_len / scaling.low_freq_factor
     high_wavelen = old_len / scaling.high_freq_factor
