@@ -23,11 +23,12 @@ import httpx
 import openai
 import pytest
 
+from tests.server_process import wait_healthy
+
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "e2e-secret"
 MAX_MODEL_LEN = 1024
 MAX_REQUEST_BYTES = 200_000
-STARTUP_TIMEOUT_S = 240.0
 HTTP_TIMEOUT_S = 180.0
 
 
@@ -94,19 +95,7 @@ def start_server(log_dir: Path, *extra_args: str) -> ServerProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "YAIE_API_KEY": API_KEY}
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"yaie serve exited with {process.returncode}:\n{server.log_text()[-3000:]}")
-        try:
-            if httpx.get(server.base_url + "/health", timeout=5).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    server.stop(signal.SIGKILL)
-    pytest.fail(f"yaie serve not healthy after {STARTUP_TIMEOUT_S}s:\n{server.log_text()[-3000:]}")
+    return wait_healthy(ServerProcess(f"http://127.0.0.1:{port}", process, log_path))
 
 
 @pytest.fixture(scope="session")

@@ -6,20 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 
 from tests.gateway.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "gateway-admin-secret"
-STARTUP_TIMEOUT_S = 240.0
 HTTP_TIMEOUT_S = 120.0
 
 
@@ -69,21 +66,6 @@ def launch(log_dir: Path, gateway_yaml: Path, *extra_args: str) -> GatewayServer
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     return GatewayServer(f"http://127.0.0.1:{port}", process, log_path)
-
-
-def wait_healthy(server: GatewayServer) -> GatewayServer:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"yaie serve exited with {server.process.returncode}:\n{server.log_text()[-3000:]}")
-        try:
-            if httpx.get(server.base_url + "/health", timeout=5).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    server.stop(signal.SIGKILL)
-    pytest.fail(f"yaie serve not healthy after {STARTUP_TIMEOUT_S}s:\n{server.log_text()[-3000:]}")
 
 
 def write_gateway_yaml(path: Path, **settings: Any) -> Path:

@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.serve import ROOT, GatewayServer, launch, wait_healthy, write_gateway_yaml
+from tests.gateway.serve import ROOT, GatewayServer, launch, write_gateway_yaml
+from tests.server_process import wait_healthy
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 PRICE = {"prompt_usd_per_1k": "0.001", "completion_usd_per_1k": "0.002"}  # 1 and 2 micro-dollars per token

@@ -13,9 +13,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.gateway.serve import ROOT, launch, wait_healthy, write_gateway_yaml
+from tests.gateway.serve import ROOT, launch, write_gateway_yaml
 from tests.gateway.services import PostgresServer, RedisServer
 from tests.gateway.test_budget_ledger import _count
+from tests.server_process import wait_healthy
 from yaie.gateway.config import GatewayConfig
 from yaie.gateway.models import LedgerRow
 from yaie.gateway.storage import open_storage
