@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from yaie.gateway.rate_limit import WINDOW_S
+
 START_TIMEOUT_S = 60.0
 
 
@@ -136,3 +138,11 @@ def start_redis() -> RedisServer:
             time.sleep(0.05)
     process.kill()
     pytest.fail("redis-server did not answer PING", pytrace=False)
+
+
+def start_well_inside_a_window(min_left_s: float = 5.0) -> None:
+    """Rate-limit windows are aligned to wall-clock minutes; a test that counts admissions within one window first
+    waits for the next window when fewer than `min_left_s` seconds are left in this one."""
+    left_s = WINDOW_S - time.time() % WINDOW_S
+    if left_s < min_left_s:
+        time.sleep(left_s + 0.05)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.services import RedisServer
+from tests.gateway.services import RedisServer, start_well_inside_a_window
 from yaie.gateway.keys import KeyRecord, KeySpec
 from yaie.gateway.models import utcnow
 from yaie.gateway.rate_limit import LimitExceededError, RateLimiter, format_duration, make_storage
@@ -26,6 +26,7 @@ def key(key_id: str = "key_1", **limits: int) -> KeyRecord:
 
 @pytest.fixture(params=["memory", "redis"])
 def limiter(request: pytest.FixtureRequest) -> RateLimiter:
+    start_well_inside_a_window()
     if request.param == "memory":
         return RateLimiter(make_storage("memory"))
     server: RedisServer = request.getfixturevalue("redis_server")

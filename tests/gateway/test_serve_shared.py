@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.gateway.serve import ROOT, launch, write_gateway_yaml
-from tests.gateway.services import PostgresServer, RedisServer
+from tests.gateway.services import PostgresServer, RedisServer, start_well_inside_a_window
 from tests.gateway.test_budget_ledger import _count
 from tests.server_process import wait_healthy
 from yaie.gateway.config import GatewayConfig
@@ -55,6 +55,7 @@ def test_two_servers_share_one_limit_and_usage_survives_shutdown(shared_yaml: tu
             clients = [servers[i % 2].async_client(secret) for i in range(64)]
             return await asyncio.gather(*(_attempt(c) for c in clients))
 
+        start_well_inside_a_window(min_left_s=20)
         outcomes = asyncio.run(run())
         assert outcomes.count("ok") == 7 and outcomes.count("limited") == 57
     finally:
