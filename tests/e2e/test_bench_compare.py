@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.e2e.conftest import ROOT, free_port
 from yaie.bench.compare_report import DOCS_BEGIN, DOCS_END
 
-SCALE = 0.1
+SCALE = 0.05
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -41,13 +41,13 @@ def test_compare_two_yaie_systems_writes_json_docs_and_chart(tmp_path: Path) -> 
             assert metrics["num_failed"] == 0 and metrics["output_throughput"] > 0
             assert workload["peak_rss_mb"] >= system["idle_rss_mb"] * 0.8
     w3 = document["workloads"][1]["groups"][0][1]
-    assert (w3["num_prompts"], w3["input_len"], w3["shared_prefix_len"]) == (3, 43, 40)
+    assert (w3["num_prompts"], w3["input_len"], w3["shared_prefix_len"]) == (2, 22, 20)
 
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nearlier figures\n") and text.count(DOCS_BEGIN) == text.count(DOCS_END) == 1
     assert "| workload | metric | yaie | yaie-noprefix |" in text
     assert "| W3 | TTFT p50 (ms) ↓ |" in text and "W3 TTFT p50, yaie / yaie-noprefix" in text
-    assert "](img/compare.png)" in text and "--scale 0.1" in text
+    assert "](img/compare.png)" in text and "--scale 0.05" in text
     assert text.split(DOCS_BEGIN)[1].split(DOCS_END)[0].strip() in finished.stdout
     png = chart.read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 20_000
