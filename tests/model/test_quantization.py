@@ -1,12 +1,15 @@
-"""int8 quantization at the runner's edge: layer accuracy and a real answer from the quantized default model."""
+"""Quantization at the runner's edge: layer accuracy, which layers are swapped, real answers from the default model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
 from yaie import LLM, SamplingParams
-from yaie.runner.quantization import Int8Linear, quantize_int8
+from yaie.runner.quantization import Int4Linear, Int8Linear, quantize_int8, quantize_model
 
 
 def test_int8_linear_is_close_to_float() -> None:
@@ -20,18 +23,69 @@ def test_int8_linear_is_close_to_float() -> None:
         assert rel_err < 0.015
 
 
-def test_quantize_replaces_decoder_linears_only(tiny_llama_dir) -> None:  # type: ignore[no-untyped-def]
+def test_int4_linear_reproduces_weights_already_on_a_4bit_grid() -> None:
+    """Weights that are Q4_1-representable (16 levels per group of 32) re-quantize exactly: what remains is the
+    bfloat16 rounding of the activations."""
+    torch.manual_seed(0)
+    num_out, num_in = 96, 128
+    levels = torch.randint(0, 16, (num_out, num_in // 32, 32)).float()
+    levels[..., 0], levels[..., 1] = 0, 15  # every group spans the full range, as llama.cpp's quantizer makes it
+    scale, low = torch.rand(num_out, num_in // 32, 1) * 0.01 + 1e-3, torch.randn(num_out, num_in // 32, 1) * 0.05
+    linear = nn.Linear(num_in, num_out, bias=True)
+    linear.weight.data = (levels * scale + low).reshape(num_out, num_in)
+    quantized = Int4Linear(linear)
+    for num_tokens in (1, 5, 40):
+        x = torch.randn(num_tokens, num_in)
+        ref = linear(x)
+        assert ((quantized(x) - ref).norm() / ref.norm()).item() < 0.01
+
+
+def test_int4_linear_rejects_shapes_the_kernel_cannot_take() -> None:
+    with pytest.raises(ValueError, match="group_size"):
+        Int4Linear(nn.Linear(48, 64))
+
+
+def test_int8_swaps_every_linear_and_the_lm_head(tiny_llama_dir: Path) -> None:
     llm = LLM(str(tiny_llama_dir), num_blocks=32, quantization="int8")
     model = llm.engine.runner.model
-    assert quantize_int8(model) == 0  # already done at load: nothing float is left in the decoder
+    assert quantize_int8(model) == 0  # already done at load: nothing float is left
     assert isinstance(model.layers[0].self_attn.qkv_proj, Int8Linear)
     assert isinstance(model.layers[0].mlp.down_proj, Int8Linear)
-    assert isinstance(model.lm_head, nn.Linear)
+    assert isinstance(model.lm_head, Int8Linear)
 
 
-def test_int8_default_model_answers_correctly() -> None:
-    llm = LLM(None, quantization="int8", max_num_seqs=4)
+def test_int8_builds_an_lm_head_from_tied_embeddings(tiny_qwen2_dir: Path) -> None:
+    llm = LLM(str(tiny_qwen2_dir), num_blocks=32, quantization="int8")
+    model = llm.engine.runner.model
+    assert isinstance(model.lm_head, Int8Linear)
+    assert isinstance(model.embed_tokens, nn.Embedding)  # the lookup table stays float
+    out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0]
+    assert len(out.outputs[0].token_ids) == 4
+
+
+def test_int4_swaps_decoder_linears_and_keeps_the_lm_head_float(tiny_llama_dir: Path) -> None:
+    llm = LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4")
+    model = llm.engine.runner.model
+    assert isinstance(model.layers[0].self_attn.qkv_proj, Int4Linear)
+    assert isinstance(model.layers[1].mlp.gate_up_proj, Int4Linear)
+    assert type(model.lm_head) is nn.Linear
+    with pytest.raises(ValueError, match="quantization"):
+        quantize_model(model, "int3")
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_default_model_answers_correctly(scheme: str) -> None:
+    llm = LLM(None, quantization=scheme, max_num_seqs=4)
     out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                    SamplingParams(temperature=0, max_tokens=24))[0].outputs[0]
     assert "Paris" in out.text
     assert out.finish_reason == "stop"
+
+
+def test_int4_default_model_matches_float_greedy() -> None:
+    """The GGUF's decoder weights are Q4_1: int4 holds exactly them, so greedy text stays float32's."""
+    messages = [{"role": "user", "content": "Name three colours."}]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    texts = [LLM(None, quantization=q, max_num_seqs=2).chat(messages, params)[0].outputs[0].token_ids
+             for q in ("none", "int4")]
+    assert texts[0] == texts[1]

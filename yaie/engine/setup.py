@@ -15,7 +15,7 @@ from yaie.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig
 from yaie.models.loader import load_checkpoint
 from yaie.models.registry import build_model
 from yaie.runner.model_runner import ModelRunner, kv_bytes_per_block
-from yaie.runner.quantization import quantize_int8
+from yaie.runner.quantization import quantize_model
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     arch = checkpoint.arch
     max_model_len = min(config.model.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings)
     model = build_model(checkpoint, dtype, device)
-    if config.model.quantization == "int8":
-        logger.info("int8 quantization: %d linear layers", quantize_int8(model))
+    if config.model.quantization != "none":
+        num_layers = quantize_model(model, config.model.quantization)
+        logger.info("%s quantization: %d linear layers", config.model.quantization, num_layers)
     num_blocks = plan_num_blocks(config.cache, model, dtype, device, max_model_len)
     runner = ModelRunner(model, num_blocks, config.cache.block_size, device, dtype, seed=config.model.seed,
                          use_cpu_kernel=config.runner.cpu_attention_kernel)

@@ -1,15 +1,33 @@
 """Weight quantization applied at the runner's edge: the model code stays plain `nn.Linear`.
 
-int8: weights per output channel (symmetric), activations per token at run time (dynamic, symmetric), one
-int8 x int8 -> int32 matmul (`torch._int_mm`, VNNI/AMX where the CPU has them), rescaled to float.
+int8 (W8A8): weights per output channel (symmetric), activations per token at run time (dynamic, symmetric),
+one int8 x int8 -> int32 matmul (`torch._int_mm`, VNNI/AMX where the CPU has them), rescaled to float. The
+fastest scheme once a step carries many tokens.
+
+int4 (W4A16): weights in groups of 32 along the input dimension, asymmetric (scale and zero per group, the
+layout of GGUF Q4_1, so a Q4_1 checkpoint re-quantizes exactly), activations cast to bfloat16 for torch's packed
+int4 CPU kernel. Reads a quarter of fp32's weight bytes: the fastest scheme at batch 1, where decode is bound
+by memory bandwidth. CPU only (torch's CUDA int4 kernel wants another packing).
+
+int8 also quantizes the lm_head (built from the tied embedding when there is none; the embedding table stays
+float): under load the vocabulary projection is a large share of a step. int4 keeps the lm_head float: per-token
+int8 activations lose the final hidden state's outlier channels (SmolLM2's perplexity moves from 23.76 to 24.94
+with int8 everywhere; int4 with a float lm_head scores 23.76, see bench/quality.py).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
 INT8_MAX = 127.0
+INT4_GROUP_SIZE = 32
+INT4_MAX_LEVEL = 15  # unsigned 4-bit levels 0..15; torch's kernel subtracts 8 before scaling
 
 
 class Int8Linear(nn.Module):
@@ -27,14 +45,73 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in] float -> [T, out] float
-        x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / INT8_MAX  # [T, 1]
+        x_scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(INT8_MAX)  # [T, 1]
         x_q = torch.round(x / x_scale).to(torch.int8)
         out = torch._int_mm(x_q, self.weight_t).float().mul_(x_scale).mul_(self.weight_scale)
-        return out if self.bias is None else out + self.bias
+        return out if self.bias is None else out.add_(self.bias)
+
+
+class Int4Linear(nn.Module):
+    """Drop-in for nn.Linear with group-wise asymmetric int4 weights packed for torch's CPU int4 matmul."""
+
+    def __init__(self, linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> None:
+        super().__init__()
+        if not supports_int4(linear, group_size):
+            raise ValueError(f"in_features={linear.in_features} is not a multiple of group_size={group_size}")
+        weight = linear.weight.detach().float()  # [out, in]
+        num_out, num_in = weight.shape
+        groups = weight.reshape(num_out, num_in // group_size, group_size)  # [out, G, group]
+        low = groups.amin(dim=-1, keepdim=True)
+        scale = ((groups.amax(dim=-1, keepdim=True) - low) / INT4_MAX_LEVEL).clamp(min=1e-12)  # [out, G, 1]
+        levels = torch.round((groups - low) / scale).clamp(0, INT4_MAX_LEVEL).to(torch.int32)
+        zero = low + (INT4_MAX_LEVEL + 1) / 2 * scale  # kernel computes (level - 8) * scale + zero
+        scale_zero = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous()  # [G, out, 2]
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.reshape(num_out, num_in), 1)
+        self.register_buffer("weight_packed", packed)
+        self.register_buffer("scale_zero", scale_zero.to(torch.bfloat16))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), False)
+        self.group_size = group_size
+        self.out_features = num_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, in] float -> [T, out] float (bfloat16 inside the kernel)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16).contiguous(), self.weight_packed, self.group_size, self.scale_zero
+        ).float()
+        return out if self.bias is None else out.add_(self.bias)
+
+
+def supports_int4(linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> bool:
+    return linear.in_features % group_size == 0 and linear.out_features % 8 == 0
 
 
 def quantize_int8(model: nn.Module) -> int:
-    """Replace every decoder nn.Linear (not the lm_head) with Int8Linear, in place; returns how many."""
+    """int8 for every decoder nn.Linear and the lm_head, in place; returns how many layers were replaced."""
+    return _replace_decoder_linears(model, Int8Linear) + _quantize_lm_head(model)
+
+
+def quantize_int4(model: nn.Module) -> int:
+    """int4 for every decoder nn.Linear whose shape the kernel takes (others int8); the lm_head stays float."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("quantization='int4' runs on CPU only; use 'int8' or none on CUDA")
+
+    def to_int4(linear: nn.Linear) -> nn.Module:
+        return Int4Linear(linear) if supports_int4(linear) else Int8Linear(linear)
+
+    return _replace_decoder_linears(model, to_int4)
+
+
+def quantize_model(model: nn.Module, scheme: str) -> int:
+    """Apply `scheme` ('none', 'int8', 'int4'); returns how many layers were replaced."""
+    if scheme == "none":
+        return 0
+    quantizers = {"int8": quantize_int8, "int4": quantize_int4}
+    if scheme not in quantizers:
+        raise ValueError(f"quantization must be 'none', 'int8' or 'int4', got {scheme!r}")
+    return quantizers[scheme](model)
+
+
+def _replace_decoder_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
     targets = [
         (parent, name, child)
         for parent in model.modules()
@@ -42,5 +119,18 @@ def quantize_int8(model: nn.Module) -> int:
         if isinstance(child, nn.Linear) and name != "lm_head"
     ]
     for parent, name, child in targets:
-        setattr(parent, name, Int8Linear(child))
+        setattr(parent, name, make(child))
     return len(targets)
+
+
+def _quantize_lm_head(model: nn.Module) -> int:
+    """Give the model an int8 `lm_head` module (built from the tied embedding when there is none)."""
+    lm_head = getattr(model, "lm_head", None)
+    if isinstance(lm_head, Int8Linear) or not hasattr(model, "embed_tokens"):
+        return 0
+    if lm_head is None:
+        embedding: nn.Embedding = model.embed_tokens  # type: ignore[assignment]
+        lm_head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False, device="meta")
+        lm_head.weight = embedding.weight  # shared, not copied: Int8Linear reads it once
+    model.lm_head = Int8Linear(lm_head)  # type: ignore[assignment]
+    return 1

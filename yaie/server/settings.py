@@ -57,8 +57,9 @@ class ServeSettings(BaseModel):
     device: Device = _opt("auto", "Device to run on (auto: CUDA when available).", "model.device")
     max_model_len: int | None = _opt(None, "Context window in tokens (default: the model's own).",
                                      "model.max_model_len", ge=1)
-    quantization: Quantization = _opt("none", "Weight quantization: none (exact float) or int8 (int8 weights and "
-                                               "activations; much faster matmuls on CPU).", "model.quantization")
+    quantization: Quantization = _opt("none", "Weight quantization: none (exact float), int8 (int8 weights and "
+                                               "activations; the fastest under load on CPU) or int4 (CPU, 4-bit "
+                                               "weights; the fastest at batch 1).", "model.quantization")
     seed: int = _opt(0, "Seed of the engine's random generator (requests may pass their own).", "model.seed")
     # scheduler
     max_num_seqs: int = _opt(64, "Most sequences in one batch.", "scheduler.max_num_seqs", ge=1)
