@@ -14,6 +14,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Policy = Literal["fcfs", "priority"]
 Quantization = Literal["none", "int8", "int4"]
+KVCacheDType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,17 @@ class CacheConfig:
     """Paged KV cache.
 
     `kv_cache_memory` is bytes when > 1, else a fraction of free memory (host RAM on CPU, device memory on CUDA);
-    None picks a default: 1 GiB on CPU (RSS stays small), 85% of free device memory after the weights on CUDA.
+    None picks a default: 384 MiB on CPU (RSS stays small), 85% of free device memory after the weights on CUDA.
     `num_blocks` overrides the memory budget (used by tests to force preemption).
+    `kv_cache_dtype="auto"`: float16 on CPU (half the memory and bandwidth of float32, as llama.cpp's default;
+    attention still computes in float32), the model's dtype on CUDA. "float32" keeps K/V exact.
     """
 
     block_size: int = 16
     kv_cache_memory: float | None = None
     num_blocks: int | None = None
     enable_prefix_caching: bool = True
+    kv_cache_dtype: KVCacheDType = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -64,6 +68,8 @@ class CacheConfig:
             raise ValueError(f"kv_cache_memory must be > 0, got {self.kv_cache_memory}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"kv_cache_dtype must be auto, float32, float16 or bfloat16, got {self.kv_cache_dtype!r}")
 
 
 @dataclass(frozen=True)

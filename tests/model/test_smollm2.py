@@ -32,7 +32,11 @@ def hf_model(default_gguf_path: Path) -> torch.nn.Module:
     return model
 
 
-def test_greedy_tokens_identical_to_transformers(llm: LLM, hf_model: torch.nn.Module) -> None:
+@pytest.mark.parametrize(("kv_cache_dtype", "logprob_tolerance"), [("float32", 1e-3), ("auto", 5e-3)],
+                         ids=["kv-fp32", "kv-default-fp16"])
+def test_greedy_tokens_identical_to_transformers(hf_model: torch.nn.Module, kv_cache_dtype: str,
+                                                 logprob_tolerance: float) -> None:
+    llm = LLM(None, max_num_seqs=8, max_num_batched_tokens=256, kv_cache_dtype=kv_cache_dtype)
     prompts = [llm.tokenizer.encode(t) for t in TEXTS]
     params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True, logprobs=0)
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -44,7 +48,7 @@ def test_greedy_tokens_identical_to_transformers(llm: LLM, hf_model: torch.nn.Mo
         ref_tokens = ref.sequences[0, len(prompt):].tolist()
         assert out.outputs[0].token_ids == ref_tokens
         ref_lps = [torch.log_softmax(s[0], -1)[t].item() for s, t in zip(ref.logits, ref_tokens, strict=True)]
-        assert [lp.logprob for lp in out.outputs[0].logprobs] == pytest.approx(ref_lps, abs=1e-3)
+        assert [lp.logprob for lp in out.outputs[0].logprobs] == pytest.approx(ref_lps, abs=logprob_tolerance)
 
 
 def test_chat_template_renders(llm: LLM) -> None:

@@ -1,4 +1,5 @@
-"""Build and call the C paged-decode-attention kernel (csrc/paged_attention.c) for float32 on CPU.
+"""Build and call the C paged-decode-attention kernel (csrc/paged_attention.c) on CPU: float32 queries, a float32
+or float16 K/V cache.
 
 Built once with the system C compiler into ~/.cache/yaie/kernels (keyed by the source's hash) and loaded with
 ctypes, so it needs no PyTorch headers and builds in about a second. `load_decode_kernel()` returns None
@@ -22,6 +23,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
+KV_DTYPES = (torch.float32, torch.float16)
 CFLAGS = ["-O3", "-march=x86-64-v3", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -29,7 +31,7 @@ class DecodeKernel:
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._fn = lib.yaie_paged_decode_attention
         self._fn.restype = ctypes.c_int
-        self._fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
+        self._fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
 
     def __call__(
         self,
@@ -41,14 +43,17 @@ class DecodeKernel:
         block_size: int,
         scale: float,
     ) -> torch.Tensor:
-        # q: [B, Hq, D] contiguous; k_cache, v_cache: [S, Hkv, D]; block_table: [B, M] int64; context_lens: [B]
+        # q: [B, Hq, D] float32 contiguous; k_cache, v_cache: [S, Hkv, D] float32 or float16;
+        # block_table: [B, M] int64; context_lens: [B] int64 -> out: [B, Hq, D] float32
+        if k_cache.dtype not in KV_DTYPES:
+            raise ValueError(f"the paged decode kernel reads float32 or float16 K/V, got {k_cache.dtype}")
         num_seqs, num_heads, head_dim = q.shape
         out = torch.empty_like(q)
         status = self._fn(
             q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_table.data_ptr(),
             context_lens.data_ptr(), out.data_ptr(), num_seqs, num_heads, k_cache.shape[1], head_dim,
             block_size, block_table.shape[1], scale,
-            torch.get_num_threads(),
+            torch.get_num_threads(), int(k_cache.dtype == torch.float16),
         )
         if status != 0:
             raise RuntimeError(f"paged decode attention kernel failed with status {status}")

@@ -25,8 +25,8 @@ class TorchPagedAttention:
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         # q: [T, Hq, D]; k, v: [T, Hkv, D]; kv_cache: [2, S, Hkv, D] -> out: [T, Hq, D]
-        kv_cache[0].index_copy_(0, meta.slot_mapping, k)
-        kv_cache[1].index_copy_(0, meta.slot_mapping, v)
+        kv_cache[0].index_copy_(0, meta.slot_mapping, k.to(kv_cache.dtype))
+        kv_cache[1].index_copy_(0, meta.slot_mapping, v.to(kv_cache.dtype))
         num_decode = meta.num_decode_tokens
         out = torch.empty_like(q)
         if meta.decode is not None and meta.decode_kernel is not None:
@@ -46,8 +46,9 @@ class TorchPagedAttention:
         num_seqs, max_q, max_ctx = group.num_seqs, group.max_query_len, group.max_context_len
         assert group.gather_slots is not None and group.attend_mask is not None
         flat_slots = group.gather_slots.view(-1)
-        key = kv_cache[0].index_select(0, flat_slots).view(num_seqs, max_ctx, self.num_kv_heads, self.head_dim)
-        value = kv_cache[1].index_select(0, flat_slots).view(num_seqs, max_ctx, self.num_kv_heads, self.head_dim)
+        shape = (num_seqs, max_ctx, self.num_kv_heads, self.head_dim)
+        key = kv_cache[0].index_select(0, flat_slots).view(shape).to(q.dtype)
+        value = kv_cache[1].index_select(0, flat_slots).view(shape).to(q.dtype)
         if group.query_rows is None:  # one query token per sequence
             query = q.view(num_seqs, 1, self.num_heads, self.head_dim)
         else:

@@ -19,7 +19,7 @@ from yaie.runner.quantization import quantize_model
 
 logger = logging.getLogger(__name__)
 
-CPU_DEFAULT_KV_BYTES = 1 << 30
+CPU_DEFAULT_KV_BYTES = 384 << 20  # float16 K/V: ~16.7k tokens of SmolLM2-135M (serving RSS < 1.5 GB)
 CUDA_KV_FRACTION = 0.85
 
 
@@ -46,15 +46,17 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     if config.model.quantization != "none":
         num_layers = quantize_model(model, config.model.quantization)
         logger.info("%s quantization: %d linear layers", config.model.quantization, num_layers)
-    num_blocks = plan_num_blocks(config.cache, model, dtype, device, max_model_len)
-    runner = ModelRunner(model, num_blocks, config.cache.block_size, device, dtype, seed=config.model.seed,
+    kv_dtype = select_kv_dtype(config.cache, dtype, device)
+    num_blocks = plan_num_blocks(config.cache, model, kv_dtype, device, max_model_len)
+    runner = ModelRunner(model, num_blocks, config.cache.block_size, device, kv_dtype, seed=config.model.seed,
                          use_cpu_kernel=config.runner.cpu_attention_kernel)
     capacity = num_blocks * config.cache.block_size
     logger.info(
-        "model %s loaded in %.1fs on %s (%s, %d threads): KV cache %d blocks x %d = %d tokens, "
+        "model %s loaded in %.1fs on %s (%s, %d threads): KV cache (%s) %d blocks x %d = %d tokens, "
         "max concurrency %.1f at %d tokens/request",
         checkpoint.path.name, time.monotonic() - started, device, str(dtype).removeprefix("torch."),
-        torch.get_num_threads(), num_blocks, config.cache.block_size, capacity, capacity / max_model_len,
+        torch.get_num_threads(), str(kv_dtype).removeprefix("torch."), num_blocks, config.cache.block_size,
+        capacity, capacity / max_model_len,
         max_model_len,
     )
     return EngineParts(
@@ -85,6 +87,13 @@ def select_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
     if config.dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, config.dtype)
+
+
+def select_kv_dtype(config: CacheConfig, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """auto: float16 on CPU, the model's dtype elsewhere (see CacheConfig)."""
+    if config.kv_cache_dtype == "auto":
+        return torch.float16 if device.type == "cpu" else dtype
+    return getattr(torch, config.kv_cache_dtype)
 
 
 def configure_threads(config: RunnerConfig, device: torch.device) -> None:

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from yaie.attention.cpu_kernel import load_decode_kernel
+from yaie.attention.cpu_kernel import KV_DTYPES, load_decode_kernel
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.input_batch import prepare_inputs
 from yaie.sampling.allowed_tokens import AllowedTokens, GrammarBitmask
@@ -40,7 +40,8 @@ class ModelRunner:
         self.vocab_size = model.arch.vocab_size
         self.sampler = Sampler(seed=seed)
         self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, kv_dtype, device)
-        use_kernel = use_cpu_kernel and device.type == "cpu" and kv_dtype == torch.float32
+        use_kernel = (use_cpu_kernel and device.type == "cpu" and kv_dtype in KV_DTYPES
+                      and model.embed_tokens.weight.dtype == torch.float32)
         self.decode_kernel = load_decode_kernel() if use_kernel else None
         logger.info("decode attention: %s", "paged C kernel" if self.decode_kernel else "PyTorch gather + SDPA")
 

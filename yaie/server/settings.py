@@ -23,6 +23,7 @@ from yaie.config import (
     Device,
     DType,
     EngineConfig,
+    KVCacheDType,
     ModelConfig,
     Policy,
     Quantization,
@@ -76,10 +77,12 @@ class ServeSettings(BaseModel):
     # memory
     block_size: int = _opt(16, "KV-cache block size in tokens (a power of two).", "memory.block_size", ge=1)
     kv_cache_memory: float | None = _opt(None, "KV-cache budget: bytes when > 1, else a fraction of free memory "
-                                               "(default: 1 GiB on CPU, 85% of free GPU memory).",
+                                               "(default: 384 MiB on CPU, 85% of free GPU memory).",
                                          "memory.kv_cache_memory", gt=0)
     num_blocks: int | None = _opt(None, "Exact number of KV blocks (overrides kv_cache_memory).",
                                   "memory.num_blocks", ge=1)
+    kv_cache_dtype: KVCacheDType = _opt("auto", "KV-cache element type (auto: float16 on CPU, the model's dtype "
+                                                "on CUDA; float32 keeps K/V exact).", "memory.kv_cache_dtype")
     enable_prefix_caching: bool = _opt(True, "Reuse the KV of shared prompt prefixes.",
                                        "memory.enable_prefix_caching", flag="--prefix-caching")
     # runner
@@ -125,7 +128,8 @@ class ServeSettings(BaseModel):
                               device=self.device, max_model_len=self.max_model_len,
                               quantization=self.quantization, seed=self.seed),
             cache=CacheConfig(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory,
-                              num_blocks=self.num_blocks, enable_prefix_caching=self.enable_prefix_caching),
+                              num_blocks=self.num_blocks, enable_prefix_caching=self.enable_prefix_caching,
+                              kv_cache_dtype=self.kv_cache_dtype),
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens, policy=self.policy,
                                       queue_timeout_s=self.queue_timeout_s,

@@ -1,5 +1,5 @@
-/* Paged decode attention for CPU (float32): one query token per sequence, K/V read in place through the
- * block table -- no gather copy. Work is split over (sequence, kv head) pairs with OpenMP; within a pair every
+/* Paged decode attention for CPU: float32 queries and outputs, K/V cache in float32 or float16 (converted on
+ * load with F16C), one query token per sequence, K/V read in place through the block table -- no gather copy. Work is split over (sequence, kv head) pairs with OpenMP; within a pair every
  * K/V row is loaded once and used by all the query heads of its GQA group.
  *
  * Layouts: q, out [B, Hq, D]; k_cache, v_cache [S, Hkv, D] (S = num_blocks * block_size);
@@ -11,19 +11,26 @@
 
 #define MAX_GROUP 16
 
+/* Element `i` of a K/V row as float; `is_f16` is a compile-time constant in every specialisation. */
+static inline __attribute__((always_inline)) float load_kv(const void *row, int64_t i, const int is_f16) {
+    return is_f16 ? (float)((const _Float16 *)row)[i] : ((const float *)row)[i];
+}
+
 static inline __attribute__((always_inline)) void attend_impl(
-    const float *q, const float *k_cache, const float *v_cache, const int64_t *blocks, int64_t ctx, int group,
-    int num_kv_heads, const int head_dim, int block_size, int kv_head, float scale, float *scores, float *out) {
+    const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks, int64_t ctx, int group,
+    int num_kv_heads, const int head_dim, int block_size, int kv_head, float scale, float *scores, float *out,
+    const int is_f16) {
+    const int64_t elem = is_f16 ? 2 : 4;
     const int64_t row_stride = (int64_t)num_kv_heads * head_dim;
     /* Pass 1: scores[g, t] = scale * q_g . k_t, each K row loaded once for the whole GQA group. */
     for (int64_t start = 0, blk = 0; start < ctx; start += block_size, blk++) {
         const int64_t n = ctx - start < block_size ? ctx - start : block_size;
-        const float *k_row = k_cache + blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim;
-        for (int64_t o = 0; o < n; o++, k_row += row_stride) {
+        const char *k_row = (const char *)k_cache + (blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim) * elem;
+        for (int64_t o = 0; o < n; o++, k_row += row_stride * elem) {
             for (int g = 0; g < group; g++) {
                 const float *qg = q + g * head_dim;
                 float dot = 0.f;
-                for (int d = 0; d < head_dim; d++) dot += qg[d] * k_row[d];
+                for (int d = 0; d < head_dim; d++) dot += qg[d] * load_kv(k_row, d, is_f16);
                 scores[g * ctx + start + o] = dot * scale;
             }
         }
@@ -41,39 +48,48 @@ static inline __attribute__((always_inline)) void attend_impl(
     /* Pass 2: out_g = sum_t p[g, t] * v_t, each V row loaded once. */
     for (int64_t start = 0, blk = 0; start < ctx; start += block_size, blk++) {
         const int64_t n = ctx - start < block_size ? ctx - start : block_size;
-        const float *v_row = v_cache + blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim;
-        for (int64_t o = 0; o < n; o++, v_row += row_stride) {
+        const char *v_row = (const char *)v_cache + (blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim) * elem;
+        for (int64_t o = 0; o < n; o++, v_row += row_stride * elem) {
             for (int g = 0; g < group; g++) {
                 const float p = scores[g * ctx + start + o];
                 float *og = out + g * head_dim;
-                for (int d = 0; d < head_dim; d++) og[d] += p * v_row[d];
+                for (int d = 0; d < head_dim; d++) og[d] += p * load_kv(v_row, d, is_f16);
             }
         }
     }
 }
 
-/* Specialisations with a compile-time head_dim let the compiler unroll and vectorise the dot products. */
-#define DEFINE_ATTEND(NAME, DIM)                                                                              \
-    static void NAME(const float *q, const float *k, const float *v, const int64_t *blocks, int64_t ctx,      \
+/* Specialisations with a compile-time head_dim and K/V type let the compiler unroll and vectorise. */
+typedef void (*attend_fn)(const float *, const void *, const void *, const int64_t *, int64_t, int, int, int, int,
+                          int, float, float *, float *);
+#define DEFINE_ATTEND(NAME, DIM, F16)                                                                         \
+    static void NAME(const float *q, const void *k, const void *v, const int64_t *blocks, int64_t ctx,        \
                      int group, int hkv, int head_dim, int bs, int h, float scale, float *scores, float *out) { \
-        attend_impl(q, k, v, blocks, ctx, group, hkv, DIM, bs, h, scale, scores, out);                        \
+        attend_impl(q, k, v, blocks, ctx, group, hkv, DIM, bs, h, scale, scores, out, F16);                   \
     }
-DEFINE_ATTEND(attend_64, 64)
-DEFINE_ATTEND(attend_128, 128)
-DEFINE_ATTEND(attend_any, head_dim)
+DEFINE_ATTEND(attend_64, 64, 0)
+DEFINE_ATTEND(attend_128, 128, 0)
+DEFINE_ATTEND(attend_any, head_dim, 0)
+DEFINE_ATTEND(attend_64_f16, 64, 1)
+DEFINE_ATTEND(attend_128_f16, 128, 1)
+DEFINE_ATTEND(attend_any_f16, head_dim, 1)
 
-int yaie_paged_decode_attention(const float *q, const float *k_cache, const float *v_cache,
+static attend_fn pick_attend(int head_dim, int kv_is_f16) {
+    if (kv_is_f16) return head_dim == 64 ? attend_64_f16 : head_dim == 128 ? attend_128_f16 : attend_any_f16;
+    return head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
+}
+
+/* k_cache / v_cache hold float32 (kv_is_f16 = 0) or float16 (kv_is_f16 = 1) elements. */
+int yaie_paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
                                 const int64_t *block_table, const int64_t *context_lens, float *out,
                                 int num_seqs, int num_heads, int num_kv_heads, int head_dim, int block_size,
-                                int max_blocks, float scale, int num_threads) {
+                                int max_blocks, float scale, int num_threads, int kv_is_f16) {
     int group = num_heads / num_kv_heads;
     if (group > MAX_GROUP || group * num_kv_heads != num_heads) return -1;
     int64_t max_ctx = 0;
     for (int b = 0; b < num_seqs; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
     int failed = 0;
-    void (*attend_one)(const float *, const float *, const float *, const int64_t *, int64_t, int, int, int, int,
-                       int, float, float *, float *) =
-        head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
+    attend_fn attend_one = pick_attend(head_dim, kv_is_f16);
 #pragma omp parallel num_threads(num_threads)
     {
         float *scores = (float *)malloc(sizeof(float) * group * (max_ctx > 0 ? max_ctx : 1));
