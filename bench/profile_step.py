@@ -17,7 +17,8 @@ from torch.profiler import ProfilerActivity, profile
 from yaie import LLM, SamplingParams
 
 CATEGORIES = {
-    "matmul": ("aten::mm", "aten::addmm", "aten::_int_mm", "aten::linear", "aten::matmul"),
+    "matmul": ("aten::mm", "aten::addmm", "aten::_int_mm", "aten::_weight_int4pack_mm", "aten::linear",
+               "aten::matmul"),
     "attention": ("paged_decode_attention_kernel", "aten::_scaled_dot_product", "aten::index_copy_",
                   "aten::index_select"),
     "sampling": ("aten::argmax", "aten::topk", "aten::softmax", "aten::log_softmax", "aten::sort"),

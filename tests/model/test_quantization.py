@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from yaie import LLM, SamplingParams
-from yaie.runner.quantization import Int4Linear, Int8Linear, quantize_int8, quantize_model
+from yaie.runner.quantization import (
+    Int4Linear,
+    Int8Linear,
+    Q8BlockLinear,
+    load_q8_kernel,
+    quantize_int8,
+    quantize_model,
+)
 
 
 def test_int8_linear_is_close_to_float() -> None:
@@ -63,12 +70,26 @@ def test_int8_builds_an_lm_head_from_tied_embeddings(tiny_qwen2_dir: Path) -> No
     assert len(out.outputs[0].token_ids) == 4
 
 
-def test_int4_swaps_decoder_linears_and_keeps_the_lm_head_float(tiny_llama_dir: Path) -> None:
+def test_q8_block_linear_holds_q8_0_weights_exactly() -> None:
+    kernel = load_q8_kernel()
+    assert kernel is not None  # gcc is part of the supported setup: the kernel must build
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 200, bias=False)
+    blocks = linear.weight.data.reshape(200, 3, 32)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    linear.weight.data = (torch.round(blocks / scale) * scale).reshape(200, 96)  # as GGUF Q8_0 stores them
+    quantized = Q8BlockLinear(linear, kernel)
+    for num_tokens in (1, 3, 70):  # 70 > the kernel's 64-token tile
+        x = torch.randn(num_tokens, 96)
+        torch.testing.assert_close(quantized(x), linear(x), rtol=1e-5, atol=1e-5)
+
+
+def test_int4_swaps_decoder_linears_and_uses_a_q8_lm_head(tiny_llama_dir: Path) -> None:
     llm = LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4")
     model = llm.engine.runner.model
     assert isinstance(model.layers[0].self_attn.qkv_proj, Int4Linear)
     assert isinstance(model.layers[1].mlp.gate_up_proj, Int4Linear)
-    assert type(model.lm_head) is nn.Linear
+    assert isinstance(model.lm_head, Q8BlockLinear)
     with pytest.raises(ValueError, match="quantization"):
         quantize_model(model, "int3")
 

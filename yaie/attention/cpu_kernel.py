@@ -62,30 +62,37 @@ class DecodeKernel:
 
 @lru_cache(maxsize=1)
 def load_decode_kernel() -> DecodeKernel | None:
+    lib = load_c_library(SOURCE, "the CPU attention kernel")
+    return None if lib is None else DecodeKernel(lib)
+
+
+def load_c_library(source: Path, what: str) -> ctypes.CDLL | None:
+    """Build `source` once (cached by content hash) and load it; None, with a warning, when that is not possible
+    (no compiler, a failed build, or YAIE_DISABLE_CPU_KERNEL=1): callers fall back to PyTorch."""
     if os.environ.get("YAIE_DISABLE_CPU_KERNEL") == "1":
         return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
-        logger.warning("no C compiler found: using the PyTorch reference attention (slower)")
+        logger.warning("no C compiler found: %s falls back to PyTorch (slower)", what)
         return None
     try:
-        return DecodeKernel(ctypes.CDLL(str(_build(compiler))))
+        return ctypes.CDLL(str(_build(compiler, source)))
     except (OSError, subprocess.CalledProcessError) as exc:
-        logger.warning("building the CPU attention kernel failed (%s): using the PyTorch reference", exc)
+        logger.warning("building %s failed (%s): falling back to PyTorch", what, exc)
         return None
 
 
-def _build(compiler: str) -> Path:
-    source = SOURCE.read_bytes()
+def _build(compiler: str, source_path: Path) -> Path:
+    source = source_path.read_bytes()
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("YAIE_CACHE_DIR", Path.home() / ".cache" / "yaie")) / "kernels"
-    target = cache_dir / f"paged_attention_{digest}.so"
+    target = cache_dir / f"{source_path.stem}_{digest}.so"
     if target.exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True,
+        subprocess.run([compiler, *CFLAGS, str(source_path), "-o", str(built), "-lm"], check=True,
                        capture_output=True, timeout=120)
         os.replace(built, target)  # atomic: concurrent builders never load a half-written file
     return target

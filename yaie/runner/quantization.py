@@ -9,25 +9,33 @@ layout of GGUF Q4_1, so a Q4_1 checkpoint re-quantizes exactly), activations cas
 int4 CPU kernel. Reads a quarter of fp32's weight bytes: the fastest scheme at batch 1, where decode is bound
 by memory bandwidth. CPU only (torch's CUDA int4 kernel wants another packing).
 
-int8 also quantizes the lm_head (built from the tied embedding when there is none; the embedding table stays
-float): under load the vocabulary projection is a large share of a step. int4 keeps the lm_head float: per-token
-int8 activations lose the final hidden state's outlier channels (SmolLM2's perplexity moves from 23.76 to 24.94
-with int8 everywhere; int4 with a float lm_head scores 23.76, see bench/quality.py).
+int8 also quantizes the lm_head W8A8 (built from the tied embedding when there is none; the embedding table stays
+float): under load the vocabulary projection is a large share of a step. Per-token int8 activations lose the
+final hidden state's outlier channels, though (SmolLM2's perplexity moves from 23.76 to 24.94 with int8). int4
+gives the lm_head Q8_0 blocks of 32 weights with float activations instead (`Q8BlockLinear`, a C kernel): exact
+for a GGUF whose embedding is Q8_0, 4.5x less to read than float32 at batch 1 (bench/quality.py: 23.76).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from yaie.attention.cpu_kernel import load_c_library
 
 logger = logging.getLogger(__name__)
 
 INT8_MAX = 127.0
 INT4_GROUP_SIZE = 32
 INT4_MAX_LEVEL = 15  # unsigned 4-bit levels 0..15; torch's kernel subtracts 8 before scaling
+Q8_BLOCK = 32
+Q8_SOURCE = Path(__file__).parent / "csrc" / "q8_linear.c"
 
 
 class Int8Linear(nn.Module):
@@ -81,6 +89,43 @@ class Int4Linear(nn.Module):
         return out if self.bias is None else out.add_(self.bias)
 
 
+class Q8BlockLinear(nn.Module):
+    """Drop-in for nn.Linear (no bias) with GGUF Q8_0-style weights: blocks of 32 int8 along the input, one
+    float32 scale each, float32 activations; a C kernel (csrc/q8_linear.c). A Q8_0 checkpoint tensor is held
+    exactly, so logits match the float model to ~1e-6 while reading 1.1 instead of 4 bytes per weight."""
+
+    def __init__(self, linear: nn.Linear, kernel: ctypes.CDLL) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()  # [out, in]
+        num_out, num_in = weight.shape
+        blocks = weight.reshape(num_out, num_in // Q8_BLOCK, Q8_BLOCK)  # [out, B, 32]
+        scale = blocks.abs().amax(dim=-1, keepdim=True) / INT8_MAX  # [out, B, 1]
+        levels = torch.round(blocks / scale.clamp(min=1e-30)).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        self.register_buffer("weight_q", levels.reshape(num_out, num_in).contiguous())  # [out, in] int8
+        self.register_buffer("weight_scale", scale.reshape(num_out, -1).contiguous())  # [out, B] float32
+        self.out_features, self.in_features = num_out, num_in
+        self._fn = kernel.yaie_q8_linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, in] float32 -> [T, out] float32
+        x = x.float().contiguous()
+        out = x.new_empty(x.shape[0], self.out_features)
+        status = self._fn(x.data_ptr(), self.weight_q.data_ptr(), self.weight_scale.data_ptr(), out.data_ptr(),
+                          x.shape[0], self.out_features, self.in_features, torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"q8 linear kernel failed with status {status}")
+        return out
+
+
+@lru_cache(maxsize=1)
+def load_q8_kernel() -> ctypes.CDLL | None:
+    lib = load_c_library(Q8_SOURCE, "the Q8 linear kernel")
+    if lib is not None:
+        lib.yaie_q8_linear.restype = ctypes.c_int
+        lib.yaie_q8_linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+    return lib
+
+
 def supports_int4(linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> bool:
     return linear.in_features % group_size == 0 and linear.out_features % 8 == 0
 
@@ -91,14 +136,14 @@ def quantize_int8(model: nn.Module) -> int:
 
 
 def quantize_int4(model: nn.Module) -> int:
-    """int4 for every decoder nn.Linear whose shape the kernel takes (others int8); the lm_head stays float."""
+    """int4 for every decoder nn.Linear whose shape the kernel takes (others int8); a Q8_0-block lm_head."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("quantization='int4' runs on CPU only; use 'int8' or none on CUDA")
 
     def to_int4(linear: nn.Linear) -> nn.Module:
         return Int4Linear(linear) if supports_int4(linear) else Int8Linear(linear)
 
-    return _replace_decoder_linears(model, to_int4)
+    return _replace_decoder_linears(model, to_int4) + _q8_lm_head(model)
 
 
 def quantize_model(model: nn.Module, scheme: str) -> int:
@@ -123,14 +168,29 @@ def _replace_decoder_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Mo
     return len(targets)
 
 
-def _quantize_lm_head(model: nn.Module) -> int:
-    """Give the model an int8 `lm_head` module (built from the tied embedding when there is none)."""
+def _lm_head_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's lm_head as an nn.Linear (a view of the tied embedding when there is none)."""
     lm_head = getattr(model, "lm_head", None)
-    if isinstance(lm_head, Int8Linear) or not hasattr(model, "embed_tokens"):
-        return 0
-    if lm_head is None:
+    if lm_head is None and hasattr(model, "embed_tokens"):
         embedding: nn.Embedding = model.embed_tokens  # type: ignore[assignment]
         lm_head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False, device="meta")
-        lm_head.weight = embedding.weight  # shared, not copied: Int8Linear reads it once
+        lm_head.weight = embedding.weight  # shared, not copied: the quantized module reads it once
+    return lm_head if type(lm_head) is nn.Linear else None
+
+
+def _quantize_lm_head(model: nn.Module) -> int:
+    """int8 (W8A8) lm_head: the int8 scheme's speed-first choice."""
+    lm_head = _lm_head_linear(model)
+    if lm_head is None:
+        return 0
     model.lm_head = Int8Linear(lm_head)  # type: ignore[assignment]
+    return 1
+
+
+def _q8_lm_head(model: nn.Module) -> int:
+    """Q8_0-block lm_head with float activations (exact for a Q8_0 checkpoint); unchanged without the kernel."""
+    lm_head, kernel = _lm_head_linear(model), load_q8_kernel()
+    if lm_head is None or kernel is None or lm_head.bias is not None or lm_head.in_features % Q8_BLOCK:
+        return 0
+    model.lm_head = Q8BlockLinear(lm_head, kernel)  # type: ignore[assignment]
     return 1
