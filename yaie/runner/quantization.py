@@ -65,7 +65,8 @@ class Int4Linear(nn.Module):
     def __init__(self, linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> None:
         super().__init__()
         if not supports_int4(linear, group_size):
-            raise ValueError(f"in_features={linear.in_features} is not a multiple of group_size={group_size}")
+            raise ValueError(f"int4 needs in_features ({linear.in_features}) a multiple of group_size={group_size} "
+                             f"and out_features ({linear.out_features}) a multiple of 8")
         weight = linear.weight.detach().float()  # [out, in]
         num_out, num_in = weight.shape
         groups = weight.reshape(num_out, num_in // group_size, group_size)  # [out, G, group]
@@ -132,7 +133,7 @@ def supports_int4(linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> bool:
 
 def quantize_int8(model: nn.Module) -> int:
     """int8 for every decoder nn.Linear and the lm_head, in place; returns how many layers were replaced."""
-    return _replace_decoder_linears(model, Int8Linear) + _quantize_lm_head(model)
+    return _replace_decoder_linears(model, Int8Linear) + _swap_lm_head(model, Int8Linear)
 
 
 def quantize_int4(model: nn.Module) -> int:
@@ -143,7 +144,7 @@ def quantize_int4(model: nn.Module) -> int:
     def to_int4(linear: nn.Linear) -> nn.Module:
         return Int4Linear(linear) if supports_int4(linear) else Int8Linear(linear)
 
-    return _replace_decoder_linears(model, to_int4) + _q8_lm_head(model)
+    return _replace_decoder_linears(model, to_int4) + _swap_lm_head(model, _q8_block_linear)
 
 
 def quantize_model(model: nn.Module, scheme: str) -> int:
@@ -178,19 +179,19 @@ def _lm_head_linear(model: nn.Module) -> nn.Linear | None:
     return lm_head if type(lm_head) is nn.Linear else None
 
 
-def _quantize_lm_head(model: nn.Module) -> int:
-    """int8 (W8A8) lm_head: the int8 scheme's speed-first choice."""
+def _swap_lm_head(model: nn.Module, make: Callable[[nn.Linear], nn.Module | None]) -> int:
+    """Replace the lm_head (or the tied embedding's projection) with `make(lm_head)` unless that is None."""
     lm_head = _lm_head_linear(model)
-    if lm_head is None:
+    quantized = None if lm_head is None else make(lm_head)
+    if quantized is None:
         return 0
-    model.lm_head = Int8Linear(lm_head)  # type: ignore[assignment]
+    model.lm_head = quantized  # type: ignore[assignment]
     return 1
 
 
-def _q8_lm_head(model: nn.Module) -> int:
-    """Q8_0-block lm_head with float activations (exact for a Q8_0 checkpoint); unchanged without the kernel."""
-    lm_head, kernel = _lm_head_linear(model), load_q8_kernel()
-    if lm_head is None or kernel is None or lm_head.bias is not None or lm_head.in_features % Q8_BLOCK:
-        return 0
-    model.lm_head = Q8BlockLinear(lm_head, kernel)  # type: ignore[assignment]
-    return 1
+def _q8_block_linear(linear: nn.Linear) -> nn.Module | None:
+    """Q8BlockLinear when the kernel built and the shape fits; None leaves the float lm_head in place."""
+    kernel = load_q8_kernel()
+    if kernel is None or linear.bias is not None or linear.in_features % Q8_BLOCK:
+        return None
+    return Q8BlockLinear(linear, kernel)
