@@ -76,6 +76,9 @@ class CacheConfig:
 class SchedulerConfig:
     """One token budget per step, spent on running requests first, then waiting ones.
 
+    `max_num_prefill_tokens`: while any request is decoding, prompt chunks together take at most this many
+    of the step's tokens, so a long prompt cannot stall running streams (None: the whole budget).
+
     `queue_timeout_s`: a request still waiting (never scheduled, or preempted) after this long finishes
     with finish_reason "timeout". None disables it.
     `max_queued_requests` / `max_queued_tokens`: admission limits on the waiting queue (None = unlimited);
@@ -84,6 +87,7 @@ class SchedulerConfig:
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
+    max_num_prefill_tokens: int | None = None
     policy: Policy = "fcfs"
     queue_timeout_s: float | None = None
     max_queued_requests: int | None = None
@@ -94,6 +98,8 @@ class SchedulerConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_prefill_tokens is not None and self.max_num_prefill_tokens < 1:
+            raise ValueError(f"max_num_prefill_tokens must be >= 1, got {self.max_num_prefill_tokens}")
         if self.policy not in ("fcfs", "priority"):
             raise ValueError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
         if self.queue_timeout_s is not None and self.queue_timeout_s <= 0:
@@ -106,10 +112,17 @@ class RunnerConfig:
 
     `cpu_attention_kernel`: on CPU with float32, read the paged cache in place with the C decode kernel
     (False: the PyTorch gather + SDPA reference path, which CUDA always uses).
+    `fused_decode_max_batch`: with int4 weights on CPU, decode-only steps of up to this many sequences run as
+    one fused C call (runner/fused_decode.py; 0: never). Measured faster than the PyTorch path below ~12.
     """
 
     num_threads: int | None = None
     cpu_attention_kernel: bool = True
+    fused_decode_max_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if self.fused_decode_max_batch < 0:
+            raise ValueError(f"fused_decode_max_batch must be >= 0, got {self.fused_decode_max_batch}")
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,55 @@ def test_n_siblings_share_the_prompt_blocks(make_request) -> None:
     assert scheduler.kv_cache_manager.num_free_blocks == 32
 
 
+def test_requests_sharing_a_prefix_wait_for_the_first_to_compute_it(make_request) -> None:
+    scheduler = make_scheduler()
+    shared = seq(100, 12)  # three full blocks
+    first, second = (make_request(rid, shared + seq(base, 3), max_tokens=1) for rid, base in
+                     (("a", 200), ("b", 300)))
+    scheduler.add_request(first)
+    scheduler.add_request(second)
+    scheduler.add_request(make_request("c", seq(400, 5), max_tokens=1))
+    output, _ = step(scheduler)
+    assert chunks(output) == [("a", 0, 15), ("c", 0, 5)]  # b would recompute a's blocks: it waits
+    output, _ = step(scheduler)
+    assert chunks(output) == [("b", 12, 3)]
+    assert second.num_cached_tokens == 12
+    assert scheduler.stats().prefix_hits_tokens == 12
+
+
+def test_a_request_waits_only_while_its_next_block_is_pending(make_request) -> None:
+    scheduler = make_scheduler(max_num_batched_tokens=8)
+    shared = seq(100, 16)
+    first = make_request("a", [*shared, 1], max_tokens=1)
+    second = make_request("b", shared[:8] + seq(300, 9), max_tokens=1)
+    scheduler.add_request(first)
+    output, _ = step(scheduler)
+    assert chunks(output) == [("a", 0, 8)]
+    scheduler.add_request(second)
+    output, _ = step(scheduler)  # b's first 8 tokens are cached; its next block is its own
+    assert chunks(output) == [("a", 8, 8)]  # the budget, not b's prefix, keeps b out
+    output, _ = step(scheduler)
+    assert chunks(output) == [("a", 16, 1), ("b", 8, 7)]
+    assert second.num_cached_tokens == 8
+
+
+def test_prefill_tokens_are_capped_while_requests_decode(make_request) -> None:
+    scheduler = make_scheduler(max_num_batched_tokens=32, max_num_prefill_tokens=8)
+    scheduler.add_request(make_request("long", seq(100, 40), max_tokens=2))
+    output, _ = step(scheduler)
+    assert chunks(output) == [("long", 0, 32)]  # nobody decodes: the whole budget
+    scheduler.add_request(make_request("s1", seq(200, 3), max_tokens=8))
+    scheduler.add_request(make_request("s2", seq(300, 3), max_tokens=8))
+    output, _ = step(scheduler)
+    assert chunks(output) == [("long", 32, 8), ("s1", 0, 3), ("s2", 0, 3)]
+    output, _ = step(scheduler)
+    assert chunks(output) == [("long", 40, 1), ("s1", 3, 1), ("s2", 3, 1)]
+    scheduler.add_request(make_request("next", seq(400, 20), max_tokens=1))
+    output, _ = step(scheduler)
+    assert chunks(output) == [("s1", 4, 1), ("s2", 4, 1), ("next", 0, 8)]  # long finished; s1/s2 decode
+    assert output.num_batched_tokens == 10
+
+
 def test_stop_conditions(make_request) -> None:
     cases = [
         (dict(stop_token_ids=(9,)), [5, 9], FinishReason.STOP, 9),

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
 KV_DTYPES = (torch.float32, torch.float16)
 CFLAGS = ["-O3", "-march=x86-64-v3", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+NATIVE_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 
 
 class DecodeKernel:
@@ -66,9 +67,12 @@ def load_decode_kernel() -> DecodeKernel | None:
     return None if lib is None else DecodeKernel(lib)
 
 
-def load_c_library(source: Path, what: str) -> ctypes.CDLL | None:
-    """Build `source` once (cached by content hash) and load it; None, with a warning, when that is not possible
-    (no compiler, a failed build, or YAIE_DISABLE_CPU_KERNEL=1): callers fall back to PyTorch."""
+def load_c_library(source: Path, what: str, *, native: bool = False, includes: tuple[Path, ...] = ()
+                   ) -> ctypes.CDLL | None:
+    """Build `source` once (cached by the hash of its text, the files it `includes` and the flags) and load it;
+    None, with a warning, when that is not possible (no compiler, a failed build, or YAIE_DISABLE_CPU_KERNEL=1):
+    callers fall back to PyTorch. `native` builds for this CPU's own instruction set (the cache key then holds
+    the CPU's feature flags, so a shared cache never hands one machine another's build)."""
     if os.environ.get("YAIE_DISABLE_CPU_KERNEL") == "1":
         return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
@@ -76,15 +80,26 @@ def load_c_library(source: Path, what: str) -> ctypes.CDLL | None:
         logger.warning("no C compiler found: %s falls back to PyTorch (slower)", what)
         return None
     try:
-        return ctypes.CDLL(str(_build(compiler, source)))
+        flags = [*NATIVE_CFLAGS, f"-DYAIE_CPU={_cpu_signature()}"] if native else CFLAGS
+        return ctypes.CDLL(str(_build(compiler, source, flags, includes)))
     except (OSError, subprocess.CalledProcessError) as exc:
         logger.warning("building %s failed (%s): falling back to PyTorch", what, exc)
         return None
 
 
-def _build(compiler: str, source_path: Path) -> Path:
-    source = source_path.read_bytes()
-    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+def _cpu_signature() -> str:
+    """A short hash of this CPU's model and feature flags (Linux /proc/cpuinfo; the machine type elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        text = "".join(line for line in lines if line.startswith(("flags", "model name")))
+    except OSError:
+        text = ""
+    return hashlib.sha256((text or os.uname().machine).encode()).hexdigest()[:12]
+
+
+def _build(compiler: str, source_path: Path, flags: list[str], includes: tuple[Path, ...]) -> Path:
+    text = source_path.read_bytes() + b"".join(path.read_bytes() for path in includes)
+    digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("YAIE_CACHE_DIR", Path.home() / ".cache" / "yaie")) / "kernels"
     target = cache_dir / f"{source_path.stem}_{digest}.so"
     if target.exists():
@@ -92,7 +107,7 @@ def _build(compiler: str, source_path: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *CFLAGS, str(source_path), "-o", str(built), "-lm"], check=True,
+        subprocess.run([compiler, *flags, str(source_path), "-o", str(built), "-lm"], check=True,
                        capture_output=True, timeout=120)
         os.replace(built, target)  # atomic: concurrent builders never load a half-written file
     return target

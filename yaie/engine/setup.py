@@ -51,7 +51,8 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     kv_dtype = select_kv_dtype(config.cache, dtype, device)
     num_blocks = plan_num_blocks(config.cache, model, kv_dtype, device, max_model_len)
     runner = ModelRunner(model, num_blocks, config.cache.block_size, device, kv_dtype, seed=config.model.seed,
-                         use_cpu_kernel=config.runner.cpu_attention_kernel)
+                         use_cpu_kernel=config.runner.cpu_attention_kernel,
+                         fused_decode_max_batch=config.runner.fused_decode_max_batch)
     capacity = num_blocks * config.cache.block_size
     logger.info(
         "model %s loaded in %.1fs on %s (%s, %d threads): KV cache (%s) %d blocks x %d = %d tokens, "

@@ -136,6 +136,27 @@ class KVCacheManager:
             self._pool.cache_block(block, block_hash)
         self._num_cached_blocks_by_request[request.request_id] = num_full
 
+    def pending_block_hashes(self, request: Request) -> list[BlockHash]:
+        """Hashes of the request's full blocks that are allocated but not yet cached: their KV is being
+        computed (in this step or a later one) and becomes hittable once `cache_blocks` registers it."""
+        if not self.enable_prefix_caching or request.request_id not in self._blocks_by_request:
+            return []
+        num_held = len(self._blocks_by_request[request.request_id])
+        num_cached = self._num_cached_blocks_by_request[request.request_id]
+        return self._block_hashes(request)[num_cached:num_held]
+
+    def next_block_is_pending(self, request: Request, pending_hashes: set[BlockHash]) -> bool:
+        """True if the first block of `request` past its cached prefix is one another request is computing
+        (its hash is in `pending_hashes`): admitting `request` now would compute that block a second time,
+        while waiting a step or two turns it into a hit. Does not count as a prefix-cache query."""
+        if not pending_hashes or not self.enable_prefix_caching:
+            return False
+        max_num_hit_blocks = (request.num_tokens - 1) // self.block_size
+        for block_hash in self._block_hashes(request)[:max_num_hit_blocks]:
+            if self._pool.get_cached_block(block_hash) is None:
+                return block_hash in pending_hashes
+        return False
+
     def free(self, request: Request) -> None:
         """Drop the request's references, last block first; forget its hashes. Unknown requests are ignored."""
         blocks = self._blocks_by_request.pop(request.request_id, [])

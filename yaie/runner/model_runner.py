@@ -13,7 +13,8 @@ import torch
 
 from yaie.attention.cpu_kernel import KV_DTYPES, load_decode_kernel
 from yaie.models.llama import LlamaForCausalLM
-from yaie.runner.input_batch import prepare_inputs
+from yaie.runner.fused_decode import build_fused_decoder
+from yaie.runner.input_batch import StepInputs, prepare_inputs
 from yaie.sampling.allowed_tokens import AllowedTokens, GrammarBitmask
 from yaie.sampling.metadata import SamplingMetadata
 from yaie.sampling.sampler import Sampler
@@ -33,6 +34,7 @@ class ModelRunner:
         kv_dtype: torch.dtype,
         seed: int = 0,
         use_cpu_kernel: bool = True,
+        fused_decode_max_batch: int = 0,
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -44,12 +46,17 @@ class ModelRunner:
                       and model.embed_tokens.weight.dtype == torch.float32)
         self.decode_kernel = load_decode_kernel() if use_kernel else None
         logger.info("decode attention: %s", "paged C kernel" if self.decode_kernel else "PyTorch gather + SDPA")
+        self.fused_decoder = None
+        if fused_decode_max_batch > 0 and device.type == "cpu":
+            self.fused_decoder = build_fused_decoder(model, self.kv_caches, block_size, fused_decode_max_batch)
+        if self.fused_decoder is not None:
+            logger.info("decode steps of up to %d sequences: fused int4 C step", fused_decode_max_batch)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput, grammar: GrammarBitmask | None = None) -> RunnerOutput:
         """One step; `grammar` holds the token masks of the constrained chunks that sample (None: none)."""
         inputs = prepare_inputs(sched, self.block_size, self.device, self.decode_kernel)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)  # [T, H]
+        hidden = self._forward(inputs)  # [T, H]
         sampled: list[int | None] = [None] * len(sched.chunks)
         logprobs: list[TokenLogprob | None] = [None] * len(sched.chunks)
         if not inputs.sample_chunk_indices:
@@ -66,6 +73,16 @@ class ModelRunner:
             sampled[chunk_idx] = token_ids[row]
             logprobs[chunk_idx] = out.logprobs[row]
         return RunnerOutput(sampled, logprobs)
+
+
+    def _forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Final hidden states [T, H]: the fused C step for a small decode-only batch, else the model."""
+        decode, fused = inputs.attn.decode, self.fused_decoder
+        if (fused is not None and decode is not None and inputs.attn.prefill is None
+                and decode.num_seqs <= fused.max_batch):
+            return fused(inputs.input_ids, inputs.positions, inputs.attn.slot_mapping, decode.block_table,
+                         decode.context_lens)
+        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn)
 
 
 def kv_bytes_per_block(model: LlamaForCausalLM, block_size: int, kv_dtype: torch.dtype) -> int:

@@ -78,6 +78,8 @@ class Int4Linear(nn.Module):
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.reshape(num_out, num_in), 1)
         self.register_buffer("weight_packed", packed)
         self.register_buffer("scale_zero", scale_zero.to(torch.bfloat16))
+        # The same levels as GGUF Q4_1 blocks for the fused C decode step (runner/fused_decode.py).
+        self.register_buffer("q4_blocks", q4_1_blocks(levels, scale, low))  # [out, G * 20] uint8
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), False)
         self.group_size = group_size
         self.out_features = num_out
@@ -88,6 +90,16 @@ class Int4Linear(nn.Module):
             x.to(torch.bfloat16).contiguous(), self.weight_packed, self.group_size, self.scale_zero
         ).float()
         return out if self.bias is None else out.add_(self.bias)
+
+
+def q4_1_blocks(levels: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """[out, G, 32] levels 0..15 with [out, G, 1] scale and low -> [out, G * 20] bytes of Q4_1 blocks: float16
+    scale, float16 low, then 16 bytes whose byte j holds level j (low nibble) and level j + 16 (high nibble)."""
+    num_out, num_groups, group_size = levels.shape
+    half = group_size // 2
+    nibbles = (levels[..., :half] | levels[..., half:] << 4).to(torch.uint8)  # [out, G, 16]
+    scales = torch.cat([scale, low], dim=-1).to(torch.float16).view(torch.uint8)  # [out, G, 4]
+    return torch.cat([scales, nibbles], dim=-1).reshape(num_out, num_groups * (4 + half)).contiguous()
 
 
 class Q8BlockLinear(nn.Module):

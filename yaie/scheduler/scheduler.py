@@ -39,8 +39,20 @@ class _Step:
     """What schedule() has decided so far in one step; chunks keyed by request id, in scheduling order."""
 
     token_budget: int
+    prefill_budget: int  # of token_budget, what chunks catching up more than one token (prompts) may take
     chunks: dict[str, ScheduledChunk] = field(default_factory=dict)
     preempted_request_ids: list[str] = field(default_factory=list)
+
+    def grant(self, num_uncomputed_tokens: int) -> int:
+        """Tokens a request with `num_uncomputed_tokens` left to compute may compute in this step."""
+        num_tokens = min(num_uncomputed_tokens, self.token_budget)
+        return num_tokens if num_uncomputed_tokens == 1 else min(num_tokens, self.prefill_budget)
+
+    def spend(self, num_tokens: int, is_prefill: bool) -> None:
+        """Take a chunk's tokens from the budgets (negative: give a preempted chunk's tokens back)."""
+        self.token_budget -= num_tokens
+        if is_prefill:
+            self.prefill_budget -= num_tokens
 
 
 class Scheduler:
@@ -138,7 +150,7 @@ class Scheduler:
         """Decide this step's chunks. Counters are not advanced here (update() does that); a waiting request
         admitted with prefix hits starts with num_computed_tokens = its hit tokens."""
         timed_out_requests = self._expire_waiting()
-        step = _Step(token_budget=self._config.max_num_batched_tokens)
+        step = _Step(self._config.max_num_batched_tokens, self._prefill_budget())
         self._schedule_running(step)
         if not step.preempted_request_ids:
             self._schedule_waiting(step)
@@ -149,6 +161,15 @@ class Scheduler:
             preempted_request_ids=step.preempted_request_ids,
             timed_out_requests=timed_out_requests,
         )
+
+    def _prefill_budget(self) -> int:
+        """The whole token budget, or `max_num_prefill_tokens` of it while some running request decodes:
+        a long prompt then advances in chunks small enough to keep the streams' inter-token latency."""
+        budget = self._config.max_num_batched_tokens
+        cap = self._config.max_num_prefill_tokens
+        if cap is not None and any(r.num_tokens - r.num_computed_tokens == 1 for r in self._running):
+            return min(cap, budget)
+        return budget
 
     def _expire_waiting(self) -> list[Request]:
         timeout_s = self._config.queue_timeout_s
@@ -169,7 +190,7 @@ class Scheduler:
                 return
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this step
-            num_new_tokens = min(request.num_tokens - request.num_computed_tokens, step.token_budget)
+            num_new_tokens = step.grant(request.num_tokens - request.num_computed_tokens)
             if num_new_tokens < 1:
                 continue
             if self._allocate_or_preempt(request, num_new_tokens, step):
@@ -186,24 +207,23 @@ class Scheduler:
         return True
 
     def _schedule_waiting(self, step: _Step) -> None:
-        prefilling_group_ids = {
-            r.group_id for r in self._running if r.group_id is not None and self._is_prefilling_prompt(r)
-        }
+        # Prefix-aware admission: a request whose next uncached block is being computed by another request
+        # (n siblings, or clients sharing a system prompt that arrive together) waits to hit it instead.
+        pending_hashes = {h for r in self._running for h in self._kv.pending_block_hashes(r)}
         for request in self._waiting:
-            if step.token_budget == 0:
+            if step.token_budget == 0 or step.prefill_budget == 0:
                 return
-            if request.group_id in prefilling_group_ids and self._kv.enable_prefix_caching:
-                continue  # a sibling is computing the shared prompt: wait to hit its cached blocks
+            if self._kv.next_block_is_pending(request, pending_hashes):
+                continue
             if len(self._running) >= self._config.max_num_seqs and not self._preempt_for(request, step):
                 return
             if not self._admit(request, step):
                 return
-            if request.group_id is not None and self._is_prefilling_prompt(request):
-                prefilling_group_ids.add(request.group_id)
+            pending_hashes.update(self._kv.pending_block_hashes(request))
 
     def _admit(self, request: Request, step: _Step) -> bool:
         hit_blocks, num_hit_tokens = self._kv.get_computed_blocks(request)
-        num_new_tokens = min(request.num_tokens - num_hit_tokens, step.token_budget)
+        num_new_tokens = step.grant(request.num_tokens - num_hit_tokens)
         while self._kv.allocate_slots(request, num_new_tokens, hit_blocks) is None:
             if not self._preempt_for(request, step):
                 return False
@@ -233,7 +253,7 @@ class Scheduler:
         self._running.remove(victim)
         chunk = step.chunks.pop(victim.request_id, None)
         if chunk is not None:
-            step.token_budget += chunk.num_tokens
+            step.spend(-chunk.num_tokens, is_prefill=victim.num_tokens - chunk.start_position > 1)
         self._kv.free(victim)
         victim.num_computed_tokens = 0
         victim.status = RequestStatus.PREEMPTED
@@ -252,12 +272,7 @@ class Scheduler:
             block_ids=self._kv.get_block_ids(request.request_id),
             needs_sample=end == request.num_tokens,
         )
-        step.token_budget -= num_new_tokens
-
-    def _is_prefilling_prompt(self, request: Request) -> bool:
-        """True while the request has not computed the prompt blocks a sibling could hit."""
-        num_shareable_tokens = (request.num_prompt_tokens - 1) // self._block_size * self._block_size
-        return request.num_computed_tokens < num_shareable_tokens
+        step.spend(num_new_tokens, is_prefill=request.num_tokens - start > 1)
 
     # -------------------------------------------------------------------------------------------- update
     def update(self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput) -> list[RequestUpdate]:

@@ -66,6 +66,10 @@ class ServeSettings(BaseModel):
     max_num_seqs: int = _opt(64, "Most sequences in one batch.", "scheduler.max_num_seqs", ge=1)
     max_num_batched_tokens: int = _opt(512, "Token budget of one engine step.",
                                        "scheduler.max_num_batched_tokens", ge=1)
+    max_num_prefill_tokens: int | None = _opt(
+        None, "While requests decode, prompt chunks take at most this many of a step's tokens, so a long "
+              "prompt cannot stall running streams (default: the whole step budget).",
+        "scheduler.max_num_prefill_tokens", ge=1)
     policy: Policy = _opt("fcfs", "Scheduling policy (priority: lower `priority` value first).", "scheduler.policy")
     queue_timeout_s: float | None = _opt(None, "Seconds a request may wait in the queue before it fails "
                                                "(default: no limit).", "scheduler.queue_timeout_s",
@@ -90,6 +94,9 @@ class ServeSettings(BaseModel):
     cpu_attention_kernel: bool = _opt(True, "On CPU, read the paged KV cache in place with the C decode kernel "
                                             "(off: the PyTorch gather path).", "runner.cpu_attention_kernel",
                                       flag="--cpu-attention-kernel")
+    fused_decode_max_batch: int = _opt(8, "With --quantization int4 on CPU, decode steps of up to this many "
+                                          "sequences run as one fused C call (0: never).",
+                                       "runner.fused_decode_max_batch", ge=0)
     # server
     host: str = _opt("127.0.0.1", "Address to listen on.", "server.host")
     port: int = _opt(8000, "Port to listen on (0: any free port).", "server.port", ge=0, le=65535)
@@ -131,11 +138,13 @@ class ServeSettings(BaseModel):
                               num_blocks=self.num_blocks, enable_prefix_caching=self.enable_prefix_caching,
                               kv_cache_dtype=self.kv_cache_dtype),
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
-                                      max_num_batched_tokens=self.max_num_batched_tokens, policy=self.policy,
+                                      max_num_batched_tokens=self.max_num_batched_tokens,
+                                      max_num_prefill_tokens=self.max_num_prefill_tokens, policy=self.policy,
                                       queue_timeout_s=self.queue_timeout_s,
                                       max_queued_requests=self.max_queued_requests,
                                       max_queued_tokens=self.max_queued_tokens),
-            runner=RunnerConfig(num_threads=self.num_threads, cpu_attention_kernel=self.cpu_attention_kernel),
+            runner=RunnerConfig(num_threads=self.num_threads, cpu_attention_kernel=self.cpu_attention_kernel,
+                                fused_decode_max_batch=self.fused_decode_max_batch),
         )
 
     def embedding_config(self) -> EmbeddingConfig | None:

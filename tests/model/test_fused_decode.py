@@ -1,0 +1,132 @@
+"""The fused int4 decode step (runner/fused_decode.py + csrc/fused_decode.c) against a PyTorch reference.
+
+The reference is the same model with every int4 layer replaced by a float nn.Linear holding the dequantized
+Q4_1 weights, whose input is rounded per block of 32 to int8 exactly as the kernel rounds it. So the two differ
+only by float summation order (and the rare int8 rounding flip that order causes): any layout, rotary, K/V
+slot, bias, q/k-norm or residual mistake in the C step shows up as a large error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from yaie import LLM, SamplingParams
+from yaie.runner.fused_decode import FusedDecoder
+from yaie.runner.input_batch import StepInputs
+from yaie.runner.model_runner import ModelRunner
+from yaie.runner.quantization import Int4Linear
+
+
+class _ActQuantLinear(nn.Linear):
+    """A float linear over the dequantized Q4_1 weights whose input is int8-rounded per block of 32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = x.reshape(*x.shape[:-1], -1, 32)
+        scale = blocks.abs().amax(-1, keepdim=True) / 127
+        rounded = torch.round(blocks / scale.clamp(min=1e-30)) * scale
+        return super().forward(rounded.reshape(x.shape))
+
+
+def _dequantized(layer: Int4Linear) -> nn.Linear:
+    blocks = layer.q4_blocks.view(layer.out_features, -1, 20)  # [N, G, 20]: f16 scale, f16 min, 16 bytes
+    scale, low = blocks[..., 0:2].contiguous().view(torch.float16), blocks[..., 2:4].contiguous().view(torch.float16)
+    nibbles = blocks[..., 4:]
+    levels = torch.cat([nibbles & 0xF, nibbles >> 4], dim=-1).float()  # [N, G, 32]
+    weight = levels * scale.float() + low.float()
+    linear = _ActQuantLinear(weight.shape[1] * 32, layer.out_features, bias=layer.bias is not None)
+    linear.weight.data = weight.reshape(layer.out_features, -1)
+    if layer.bias is not None:
+        linear.bias.data = layer.bias.data.clone()
+    return linear
+
+
+class _Reference:
+    """Runs the runner's model with its int4 layers swapped for `_dequantized` ones."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.swaps = [(parent, name, child, _dequantized(child)) for parent in list(model.modules())
+                      for name, child in list(parent.named_children()) if isinstance(child, Int4Linear)]
+
+    def __call__(self, runner: ModelRunner, inputs: StepInputs) -> torch.Tensor:
+        for parent, name, _, reference in self.swaps:
+            setattr(parent, name, reference)
+        try:
+            return self.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.attn)
+        finally:
+            for parent, name, original, _ in self.swaps:
+                setattr(parent, name, original)
+
+
+def _record_decode_errors(llm: LLM) -> list[float]:
+    """Make every decode step run the fused step then the reference (which rewrites the step's K/V, so the
+    next step starts from reference K/V); returns each step's relative error of the fused hidden states."""
+    runner = llm.engine.runner
+    fused = runner.fused_decoder
+    assert isinstance(fused, FusedDecoder)
+    reference = _Reference(runner.model)
+    errors: list[float] = []
+    original_forward = runner._forward
+
+    def checked_forward(inputs: StepInputs) -> torch.Tensor:
+        if inputs.attn.prefill is not None:
+            return original_forward(inputs)
+        decode = inputs.attn.decode
+        assert decode is not None
+        hidden = fused(inputs.input_ids, inputs.positions, inputs.attn.slot_mapping, decode.block_table,
+                       decode.context_lens)
+        expected = reference(runner, inputs)
+        errors.append(((hidden - expected).norm() / expected.norm()).item())
+        return hidden
+
+    runner._forward = checked_forward  # type: ignore[method-assign]
+    return errors
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_qwen3_dir"])
+def test_fused_decode_matches_the_dequantized_reference(model_fixture: str, request: pytest.FixtureRequest,
+                                                        ) -> None:
+    model_dir: Path = request.getfixturevalue(model_fixture)
+    llm = LLM(str(model_dir), num_blocks=64, block_size=4, quantization="int4", fused_decode_max_batch=8)
+    errors = _record_decode_errors(llm)
+    prompts = [[5, 6, 7], list(range(10, 29)), [3] * 9]  # contexts across several 4-token blocks
+    llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+    assert len(errors) == 7  # every step after the prompts' is a fused decode of the three sequences
+    assert max(errors) < 1e-3, errors  # measured ~3e-7: a mistake in the C step is O(1)
+
+
+def test_fused_decode_covers_small_decode_batches_only(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    llm = LLM(str(tiny_llama_dir), num_blocks=64, quantization="int4", fused_decode_max_batch=2, max_num_seqs=4)
+    calls: list[int] = []
+    original_call = FusedDecoder.__call__
+
+    def counting_call(self: FusedDecoder, input_ids: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        calls.append(input_ids.shape[0])
+        return original_call(self, input_ids, *args)
+
+    monkeypatch.setattr(FusedDecoder, "__call__", counting_call)
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (2, 3, 5, 6)]
+    outputs = llm.generate([[5, 6, 7]] * 4, params, use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [2, 3, 5, 6]
+    assert calls == [2, 2, 1]  # the steps of 4 and 3 sequences took the PyTorch path
+
+
+def test_fused_decode_needs_int4(tiny_llama_dir: Path) -> None:
+    for quantization in ("none", "int8"):
+        llm = LLM(str(tiny_llama_dir), num_blocks=32, quantization=quantization, fused_decode_max_batch=8)
+        assert llm.engine.runner.fused_decoder is None
+    assert LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4",
+               fused_decode_max_batch=0).engine.runner.fused_decoder is None
+
+
+def test_default_model_int4_answers_through_the_fused_step() -> None:
+    llm = LLM(None, quantization="int4", max_num_seqs=2)
+    assert llm.engine.runner.fused_decoder is not None
+    out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                   SamplingParams(temperature=0, max_tokens=24))[0].outputs[0]
+    assert "Paris" in out.text

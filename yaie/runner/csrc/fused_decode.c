@@ -1,0 +1,282 @@
+/* A whole decode step of a Llama-family model with 4-bit weights, in one call: every layer's RMSNorm, fused QKV
+ * projection (+bias), optional per-head q/k RMSNorm, rotary embedding, K/V write into the paged cache, paged
+ * attention (csrc/paged_attention.c), output projection, residuals and the SwiGLU MLP, then the final norm.
+ *
+ * Why: at batch 1 the PyTorch path spends more time issuing ~30 small ops per layer than computing; here one
+ * OpenMP team runs the step with one barrier per phase.
+ *
+ * Weights (`q4_weight`, [N, K], K a multiple of 32): GGUF Q4_1 blocks of 32 along K, w = d * q + m with q in
+ * 0..15; a block is 20 bytes: d and m as float16, then 16 bytes whose byte j = q[j] | q[j + 16] << 4.
+ * Activations are quantized per group of 32 to int8 (scale = max|a| / 127), as llama.cpp does for Q4_1 x Q8_1,
+ * and the dot product runs on bytes (AVX-VNNI when the CPU has it, else AVX2 maddubs).
+ *
+ * x [B, H] float32 holds the token embeddings on entry and the final-normed hidden states on return.
+ * positions, slots [B]; block_table [B, max_blocks]; context_lens [B] (= position + 1). */
+#include "../../attention/csrc/paged_attention.c"
+
+#include <omp.h>
+
+#define QK 32
+#define TILE_B 8
+
+typedef struct {
+    uint16_t d, m; /* float16 */
+    uint8_t qs[QK / 2];
+} block_q4_1;
+
+typedef struct {
+    const block_q4_1 *blocks; /* [N, K / 32] */
+    const float *bias;        /* [N] or NULL */
+    int64_t n, k;
+} q4_weight;
+
+typedef struct {
+    const float *input_norm, *post_norm; /* [H] */
+    const float *q_norm, *k_norm;        /* [D] or NULL */
+    q4_weight qkv, o, gate_up, down;
+    void *k_cache, *v_cache; /* [S, Hkv, D] float32 or float16 */
+} layer_desc;
+
+typedef struct {
+    int64_t num_layers, hidden, num_heads, num_kv_heads, head_dim, intermediate;
+    float eps, scale;
+    int64_t block_size, kv_is_f16;
+    const float *cos, *sin; /* [max_position, D] */
+    const float *final_norm;
+    const layer_desc *layers;
+} model_desc;
+
+/* Activations of B rows of K elements quantized per group: q [B, K] int8, d and dsum (= d * sum q) [B, K/32]. */
+typedef struct {
+    int8_t *q;
+    float *d, *dsum;
+} q8_act;
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+}
+
+static inline __m256i dot_u8s8(__m256i u, __m256i s) { /* 8 x int32 sums of 4 byte products */
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+static inline __m256i unpack_q4(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+}
+
+static void quantize_row(const float *x, int64_t k, int8_t *q, float *d, float *dsum) {
+    for (int64_t g = 0; g < k / QK; g++) {
+        const float *xg = x + g * QK;
+        float amax = 0.f;
+        for (int i = 0; i < QK; i++) amax = fabsf(xg[i]) > amax ? fabsf(xg[i]) : amax;
+        const float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+        int sum = 0;
+        for (int i = 0; i < QK; i++) {
+            const int v = (int)lrintf(xg[i] * inv);
+            q[g * QK + i] = (int8_t)v;
+            sum += v;
+        }
+        d[g] = scale;
+        dsum[g] = scale * (float)sum;
+    }
+}
+
+static inline void store_out(float *out, float v, int accumulate) { *out = accumulate ? *out + v : v; }
+
+/* W[n] . a[0] for one activation row: two accumulators, so consecutive groups' FMAs do not wait on each other. */
+static inline float q4_dot_1(const block_q4_1 *blocks, int64_t ng, const q8_act *a) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float msum = 0.f;
+    int64_t g = 0;
+    for (; g + 1 < ng; g += 2) {
+        const block_q4_1 *b0 = blocks + g, *b1 = blocks + g + 1;
+        const __m256 p0 = _mm256_cvtepi32_ps(dot_u8s8(unpack_q4(b0->qs), _mm256_loadu_si256((const __m256i *)(a->q + g * QK))));
+        const __m256 p1 = _mm256_cvtepi32_ps(dot_u8s8(unpack_q4(b1->qs), _mm256_loadu_si256((const __m256i *)(a->q + (g + 1) * QK))));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b0->d) * a->d[g]), p0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b1->d) * a->d[g + 1]), p1, acc1);
+        msum += _cvtsh_ss(b0->m) * a->dsum[g] + _cvtsh_ss(b1->m) * a->dsum[g + 1];
+    }
+    for (; g < ng; g++) {
+        const block_q4_1 *b0 = blocks + g;
+        const __m256 p0 = _mm256_cvtepi32_ps(dot_u8s8(unpack_q4(b0->qs), _mm256_loadu_si256((const __m256i *)(a->q + g * QK))));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b0->d) * a->d[g]), p0, acc0);
+        msum += _cvtsh_ss(b0->m) * a->dsum[g];
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1)) + msum;
+}
+
+/* W[n] . a[b0 + t] for t < NB (a compile-time constant at each call, so the accumulators live in registers):
+ * each weight block is unpacked once for the whole tile. */
+static inline __attribute__((always_inline)) void q4_dot_tile(const block_q4_1 *blocks, int64_t ng, const q8_act *a,
+                                                              int64_t b0, float *sums, const int NB) {
+    __m256 acc[TILE_B];
+    float msum[TILE_B];
+    for (int t = 0; t < NB; t++) { acc[t] = _mm256_setzero_ps(); msum[t] = 0.f; }
+    for (int64_t g = 0; g < ng; g++) {
+        const block_q4_1 *blk = blocks + g;
+        const float wd = _cvtsh_ss(blk->d), wm = _cvtsh_ss(blk->m);
+        const __m256i wq = unpack_q4(blk->qs);
+        for (int t = 0; t < NB; t++) {
+            const int64_t row = (b0 + t) * ng + g;
+            const __m256 prod = _mm256_cvtepi32_ps(dot_u8s8(wq, _mm256_loadu_si256((const __m256i *)(a->q + row * QK))));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(wd * a->d[row]), prod, acc[t]);
+            msum[t] += wm * a->dsum[row];
+        }
+    }
+    for (int t = 0; t < NB; t++) sums[t] = hsum256(acc[t]) + msum[t];
+}
+
+/* y[b, n] (+)= W[n] . a[b] + bias[n] for rows n in [n0, n1) and every b < B (y row stride ldy). */
+static void q4_rows(const q4_weight *w, const q8_act *a, int64_t B, int64_t n0, int64_t n1, float *y, int64_t ldy,
+                    int accumulate) {
+    const int64_t ng = w->k / QK;
+    float sums[TILE_B];
+    for (int64_t n = n0; n < n1; n++) {
+        const block_q4_1 *blocks = w->blocks + n * ng;
+        const float bias = w->bias ? w->bias[n] : 0.f;
+        if (B == 1) {
+            store_out(y + n, q4_dot_1(blocks, ng, a) + bias, accumulate);
+            continue;
+        }
+        for (int64_t b0 = 0; b0 < B; b0 += TILE_B) {
+            const int nb = B - b0 < TILE_B ? (int)(B - b0) : TILE_B;
+            switch (nb) {
+            case 1: q4_dot_tile(blocks, ng, a, b0, sums, 1); break;
+            case 2: q4_dot_tile(blocks, ng, a, b0, sums, 2); break;
+            case 3: q4_dot_tile(blocks, ng, a, b0, sums, 3); break;
+            case 4: q4_dot_tile(blocks, ng, a, b0, sums, 4); break;
+            case 5: q4_dot_tile(blocks, ng, a, b0, sums, 5); break;
+            case 6: q4_dot_tile(blocks, ng, a, b0, sums, 6); break;
+            case 7: q4_dot_tile(blocks, ng, a, b0, sums, 7); break;
+            default: q4_dot_tile(blocks, ng, a, b0, sums, TILE_B); break;
+            }
+            for (int t = 0; t < nb; t++) store_out(y + (b0 + t) * ldy + n, sums[t] + bias, accumulate);
+        }
+    }
+}
+
+/* Inside a parallel region: this thread's share of the rows, then a barrier (end of omp for). */
+static void q4_matmul(const q4_weight *w, const q8_act *a, int64_t B, float *y, int64_t ldy, int accumulate) {
+    const int64_t num_chunks = (w->n + 15) / 16;
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < num_chunks; c++) {
+        const int64_t n1 = (c + 1) * 16 < w->n ? (c + 1) * 16 : w->n;
+        q4_rows(w, a, B, c * 16, n1, y, ldy, accumulate);
+    }
+}
+
+static void rms_norm(const float *x, const float *weight, int64_t n, float eps, float *out) {
+    float ss = 0.f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * inv * weight[i];
+}
+
+/* Normalize (optional) and quantize each of B rows: x [B, K] -> a. */
+static void norm_quantize(const float *x, const float *weight, int64_t B, int64_t k, float eps, float *tmp,
+                          q8_act *a) {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = x + b * k;
+        if (weight) {
+            rms_norm(row, weight, k, eps, tmp + b * k);
+            row = tmp + b * k;
+        }
+        quantize_row(row, k, a->q + b * k, a->d + b * (k / QK), a->dsum + b * (k / QK));
+    }
+}
+
+static void rope_head(float *x, const float *cos, const float *sin, int64_t dim) {
+    const int64_t half = dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float x1 = x[i], x2 = x[i + half];
+        x[i] = x1 * cos[i] - x2 * sin[i];
+        x[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
+    }
+}
+
+static void store_kv(void *cache, int64_t offset, const float *src, int64_t n, int is_f16) {
+    if (!is_f16) {
+        memcpy((float *)cache + offset, src, sizeof(float) * n);
+        return;
+    }
+    uint16_t *dst = (uint16_t *)cache + offset;
+    for (int64_t i = 0; i < n; i++) dst[i] = _cvtss_sh(src[i], 0);
+}
+
+/* q/k norm, rotary and the K/V write for token b; qkv row [Hq*D | Hkv*D | Hkv*D]. */
+static void position_and_store(const model_desc *m, const layer_desc *l, float *qkv, int64_t pos, int64_t slot) {
+    const int64_t D = m->head_dim, Hq = m->num_heads, Hkv = m->num_kv_heads;
+    const float *cos = m->cos + pos * D, *sin = m->sin + pos * D;
+    for (int64_t h = 0; h < Hq + Hkv; h++) {
+        float *head = qkv + h * D;
+        const float *norm = h < Hq ? l->q_norm : l->k_norm;
+        if (norm) rms_norm(head, norm, D, m->eps, head);
+        rope_head(head, cos, sin, D);
+    }
+    const int64_t row = slot * Hkv * D;
+    store_kv(l->k_cache, row, qkv + Hq * D, Hkv * D, (int)m->kv_is_f16);
+    store_kv(l->v_cache, row, qkv + (Hq + Hkv) * D, Hkv * D, (int)m->kv_is_f16);
+}
+
+static float silu(float g) { return g / (1.f + expf(-g)); }
+
+int yaie_fused_decode(const model_desc *m, float *x, int64_t B, const int64_t *positions, const int64_t *slots,
+                      const int64_t *block_table, int64_t max_blocks, const int64_t *context_lens, int num_threads) {
+    const int64_t H = m->hidden, D = m->head_dim, Hq = m->num_heads, Hkv = m->num_kv_heads, I = m->intermediate;
+    const int64_t qkv_dim = (Hq + 2 * Hkv) * D, group = Hq / Hkv;
+    const int64_t kmax = I > H ? (I > Hq * D ? I : Hq * D) : (H > Hq * D ? H : Hq * D);
+    if (group > MAX_GROUP || group * Hkv != Hq || H % QK || (Hq * D) % QK || I % QK) return -1;
+    int64_t max_ctx = 1;
+    for (int64_t b = 0; b < B; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
+    float *tmp = malloc(sizeof(float) * B * (kmax > qkv_dim ? kmax : qkv_dim));
+    float *qkv = malloc(sizeof(float) * B * qkv_dim), *attn = malloc(sizeof(float) * B * Hq * D);
+    float *gu = malloc(sizeof(float) * B * 2 * I);
+    q8_act a = {malloc(B * kmax), malloc(sizeof(float) * B * kmax / QK), malloc(sizeof(float) * B * kmax / QK)};
+    float *scores_all = malloc(sizeof(float) * num_threads * group * max_ctx);
+    const int failed = !tmp || !qkv || !attn || !gu || !a.q || !a.d || !a.dsum || !scores_all;
+    const attend_fn attend_one = pick_attend((int)D, (int)m->kv_is_f16);
+    if (!failed) {
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *scores = scores_all + omp_get_thread_num() * group * max_ctx;
+        for (int64_t li = 0; li < m->num_layers; li++) {
+            const layer_desc *l = &m->layers[li];
+            norm_quantize(x, l->input_norm, B, H, m->eps, tmp, &a);
+            q4_matmul(&l->qkv, &a, B, qkv, qkv_dim, 0);
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) position_and_store(m, l, qkv + b * qkv_dim, positions[b], slots[b]);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t h = 0; h < Hkv; h++)
+                    attend_one(qkv + b * qkv_dim + h * group * D, l->k_cache, l->v_cache,
+                               block_table + b * max_blocks, context_lens[b], (int)group, (int)Hkv, (int)D,
+                               (int)m->block_size, (int)h, m->scale, scores, attn + (b * Hq + h * group) * D);
+            norm_quantize(attn, NULL, B, Hq * D, m->eps, tmp, &a);
+            q4_matmul(&l->o, &a, B, x, H, 1);
+            norm_quantize(x, l->post_norm, B, H, m->eps, tmp, &a);
+            q4_matmul(&l->gate_up, &a, B, gu, 2 * I, 0);
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t i = 0; i < I; i++) tmp[b * I + i] = silu(gu[b * 2 * I + i]) * gu[b * 2 * I + I + i];
+            norm_quantize(tmp, NULL, B, I, m->eps, tmp, &a);
+            q4_matmul(&l->down, &a, B, x, H, 1);
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) rms_norm(x + b * H, m->final_norm, H, m->eps, x + b * H);
+    }
+    }
+    free(scores_all);
+    free(tmp); free(qkv); free(attn); free(gu); free(a.q); free(a.d); free(a.dsum);
+    return failed ? -2 : 0;
+}
