@@ -77,7 +77,8 @@ class SchedulerConfig:
     """One token budget per step, spent on running requests first, then waiting ones.
 
     `max_num_prefill_tokens`: while any request is decoding, prompt chunks together take at most this many
-    of the step's tokens, so a long prompt cannot stall running streams (None: the whole budget).
+    of the step's tokens, so a long prompt cannot stall running streams. None: the engine picks (64 on CPU,
+    the whole budget on CUDA); the scheduler itself reads None as the whole budget.
 
     `queue_timeout_s`: a request still waiting (never scheduled, or preempted) after this long finishes
     with finish_reason "timeout". None disables it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,9 @@ def test_priority_policy_serves_urgent_first(tiny_llama_dir) -> None:  # type: i
         order += [o.request_id for o in engine.step() if o.finished]
     assert order == ["urgent", "background"]
     assert engine.stats().num_preemptions_total >= 1
+
+
+def test_prompt_chunks_while_decoding_default_to_64_tokens_on_cpu(tiny_llama_dir: Path) -> None:
+    assert LLM(str(tiny_llama_dir), num_blocks=32).engine.scheduler._config.max_num_prefill_tokens == 64
+    chosen = LLM(str(tiny_llama_dir), num_blocks=32, max_num_prefill_tokens=200)
+    assert chosen.engine.scheduler._config.max_num_prefill_tokens == 200

@@ -53,7 +53,7 @@ class LLMEngine:
         self.tokenizer = self.parts.tokenizer
         self.max_model_len = self.parts.max_model_len
         self.model_name = self.parts.model_name
-        self.scheduler = Scheduler(config.scheduler, config.cache, self.parts.num_blocks)
+        self.scheduler = Scheduler(self.parts.scheduler_config, config.cache, self.parts.num_blocks)
         self.runner = self.parts.runner
         self.output_processor = OutputProcessor(self.tokenizer)
         self.structured = StructuredOutputManager(

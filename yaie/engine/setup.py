@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from yaie.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig
+from yaie.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from yaie.models.loader import load_checkpoint
 from yaie.models.registry import build_model
 from yaie.runner.model_runner import ModelRunner, kv_bytes_per_block
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 CPU_DEFAULT_KV_BYTES = 384 << 20  # float16 K/V: ~16.7k tokens of SmolLM2-135M (serving RSS < 1.5 GB)
 CUDA_KV_FRACTION = 0.85
+# Prompt tokens per step while streams decode, on CPU: a 64-token chunk keeps a 16-stream float32 decode step
+# within ~2.5x of its decode-only time (W4 in docs/benchmarks.md); CUDA steps take the whole budget.
+CPU_DEFAULT_PREFILL_TOKENS = 64
 
 
 @dataclass
@@ -34,6 +38,7 @@ class EngineParts:
     model_name: str
     eos_token_ids: frozenset[int]
     vocab_size: int
+    scheduler_config: SchedulerConfig
 
 
 def build_engine_parts(config: EngineConfig) -> EngineParts:
@@ -74,7 +79,15 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         model_name=model_name,
         eos_token_ids=frozenset(arch.eos_token_ids),
         vocab_size=arch.vocab_size,
+        scheduler_config=select_scheduler_config(config.scheduler, device),
     )
+
+
+def select_scheduler_config(config: SchedulerConfig, device: torch.device) -> SchedulerConfig:
+    """Resolve the device-dependent default: max_num_prefill_tokens None -> 64 on CPU, no cap on CUDA."""
+    if config.max_num_prefill_tokens is None and device.type == "cpu":
+        return dataclasses.replace(config, max_num_prefill_tokens=CPU_DEFAULT_PREFILL_TOKENS)
+    return config
 
 
 def release_free_heap() -> None:

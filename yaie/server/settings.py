@@ -68,7 +68,7 @@ class ServeSettings(BaseModel):
                                        "scheduler.max_num_batched_tokens", ge=1)
     max_num_prefill_tokens: int | None = _opt(
         None, "While requests decode, prompt chunks take at most this many of a step's tokens, so a long "
-              "prompt cannot stall running streams (default: the whole step budget).",
+              "prompt cannot stall running streams (default: 64 on CPU, the whole step budget on CUDA).",
         "scheduler.max_num_prefill_tokens", ge=1)
     policy: Policy = _opt("fcfs", "Scheduling policy (priority: lower `priority` value first).", "scheduler.policy")
     queue_timeout_s: float | None = _opt(None, "Seconds a request may wait in the queue before it fails "
