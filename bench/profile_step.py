@@ -18,7 +18,8 @@ from yaie import LLM, SamplingParams
 
 CATEGORIES = {
     "matmul": ("aten::mm", "aten::addmm", "aten::_int_mm", "aten::_weight_int4pack_mm", "aten::linear",
-               "aten::matmul"),
+               "aten::matmul", "q8_block_linear"),
+    "fused decode step (C)": ("fused_decode_step",),
     "attention": ("paged_decode_attention_kernel", "aten::_scaled_dot_product", "aten::index_copy_",
                   "aten::index_select"),
     "sampling": ("aten::argmax", "aten::topk", "aten::softmax", "aten::log_softmax", "aten::sort"),
@@ -34,7 +35,8 @@ def main() -> None:
     parser.add_argument("--quantization", default="none")
     args = parser.parse_args()
     options = {"num_threads": args.num_threads} if args.num_threads else {}
-    llm = LLM(max_num_seqs=args.batch, max_num_batched_tokens=2048, quantization=args.quantization, **options)
+    llm = LLM(max_num_seqs=args.batch, max_num_batched_tokens=2048, max_num_prefill_tokens=2048,
+              quantization=args.quantization, **options)
     engine = llm.engine
     rng = random.Random(0)
     params = SamplingParams(temperature=0, max_tokens=args.steps * 3 + 10, ignore_eos=True)
@@ -45,6 +47,8 @@ def main() -> None:
         engine.step()
     for _ in range(3):
         engine.step()
+    if engine.scheduler.num_running != args.batch:
+        raise SystemExit(f"only {engine.scheduler.num_running} of {args.batch} requests are decoding")
     started = time.perf_counter()
     for _ in range(args.steps):
         engine.step()

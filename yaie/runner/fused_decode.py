@@ -76,11 +76,12 @@ class FusedDecoder:
         # input_ids, positions, slot_mapping, context_lens: [B] int64; block_table: [B, M] int64 -> [B, H]
         hidden = self._embed(input_ids).float().contiguous()  # [B, H], overwritten in place
         block_table = block_table.contiguous()
-        status = self._fn(
-            ctypes.byref(self._desc), hidden.data_ptr(), hidden.shape[0], positions.data_ptr(),
-            slot_mapping.data_ptr(), block_table.data_ptr(), block_table.shape[1], context_lens.data_ptr(),
-            torch.get_num_threads(),
-        )
+        with torch.profiler.record_function("fused_decode_step"):
+            status = self._fn(
+                ctypes.byref(self._desc), hidden.data_ptr(), hidden.shape[0], positions.data_ptr(),
+                slot_mapping.data_ptr(), block_table.data_ptr(), block_table.shape[1], context_lens.data_ptr(),
+                torch.get_num_threads(),
+            )
         if status != 0:
             raise RuntimeError(f"fused decode step failed with status {status}")
         return hidden

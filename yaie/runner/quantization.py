@@ -123,8 +123,10 @@ class Q8BlockLinear(nn.Module):
         # x: [T, in] float32 -> [T, out] float32
         x = x.float().contiguous()
         out = x.new_empty(x.shape[0], self.out_features)
-        status = self._fn(x.data_ptr(), self.weight_q.data_ptr(), self.weight_scale.data_ptr(), out.data_ptr(),
-                          x.shape[0], self.out_features, self.in_features, torch.get_num_threads())
+        with torch.profiler.record_function("q8_block_linear"):
+            status = self._fn(x.data_ptr(), self.weight_q.data_ptr(), self.weight_scale.data_ptr(),
+                              out.data_ptr(), x.shape[0], self.out_features, self.in_features,
+                              torch.get_num_threads())
         if status != 0:
             raise RuntimeError(f"q8 linear kernel failed with status {status}")
         return out
