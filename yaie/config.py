@@ -78,7 +78,10 @@ class SchedulerConfig:
 
     `max_num_prefill_tokens`: while any request is decoding, prompt chunks together take at most this many
     of the step's tokens, so a long prompt cannot stall running streams. None: the engine picks (64 on CPU,
-    the whole budget on CUDA); the scheduler itself reads None as the whole budget.
+    the whole budget on CUDA); the scheduler itself reads None as the whole budget. With more than
+    max_num_prefill_tokens / `prefill_tokens_per_decode` requests decoding, the allowance is
+    prefill_tokens_per_decode per decoding request instead: a step's decode work grows with them, so the same
+    prompt chunk stretches it less (and queued prompts keep up with a large batch's turnover).
 
     `queue_timeout_s`: a request still waiting (never scheduled, or preempted) after this long finishes
     with finish_reason "timeout". None disables it.
@@ -89,6 +92,7 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_num_prefill_tokens: int | None = None
+    prefill_tokens_per_decode: int = 4
     policy: Policy = "fcfs"
     queue_timeout_s: float | None = None
     max_queued_requests: int | None = None
@@ -101,6 +105,8 @@ class SchedulerConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.max_num_prefill_tokens is not None and self.max_num_prefill_tokens < 1:
             raise ValueError(f"max_num_prefill_tokens must be >= 1, got {self.max_num_prefill_tokens}")
+        if self.prefill_tokens_per_decode < 0:
+            raise ValueError(f"prefill_tokens_per_decode must be >= 0, got {self.prefill_tokens_per_decode}")
         if self.policy not in ("fcfs", "priority"):
             raise ValueError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
         if self.queue_timeout_s is not None and self.queue_timeout_s <= 0:

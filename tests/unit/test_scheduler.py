@@ -291,6 +291,18 @@ def test_prefill_tokens_are_capped_while_requests_decode(make_request) -> None:
     assert output.num_batched_tokens == 10
 
 
+def test_prefill_allowance_grows_with_the_number_of_decoding_requests(make_request) -> None:
+    scheduler = make_scheduler(max_num_batched_tokens=64, max_num_prefill_tokens=4, prefill_tokens_per_decode=2)
+    for i in range(3):
+        scheduler.add_request(make_request(f"s{i}", seq(100 * (i + 1), 3), max_tokens=8))
+    step(scheduler)  # the three prompts; nobody decoded yet
+    scheduler.add_request(make_request("long", seq(900, 40), max_tokens=1))
+    output, _ = step(scheduler)
+    assert chunks(output)[-1] == ("long", 0, 6)  # max(4, 2 x 3 decoding)
+    output, _ = step(scheduler)
+    assert chunks(output)[-1] == ("long", 6, 6)
+
+
 def test_stop_conditions(make_request) -> None:
     cases = [
         (dict(stop_token_ids=(9,)), [5, 9], FinishReason.STOP, 9),

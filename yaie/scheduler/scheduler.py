@@ -163,13 +163,17 @@ class Scheduler:
         )
 
     def _prefill_budget(self) -> int:
-        """The whole token budget, or `max_num_prefill_tokens` of it while some running request decodes:
-        a long prompt then advances in chunks small enough to keep the streams' inter-token latency."""
+        """The whole token budget, or while D running requests decode max(max_num_prefill_tokens,
+        prefill_tokens_per_decode * D) of it: a long prompt advances in chunks small enough to keep the streams'
+        inter-token latency, and the allowance grows with the decode work a step already carries."""
         budget = self._config.max_num_batched_tokens
         cap = self._config.max_num_prefill_tokens
-        if cap is not None and any(r.num_tokens - r.num_computed_tokens == 1 for r in self._running):
-            return min(cap, budget)
-        return budget
+        if cap is None:
+            return budget
+        num_decoding = sum(1 for r in self._running if r.num_tokens - r.num_computed_tokens == 1)
+        if num_decoding == 0:
+            return budget
+        return min(max(cap, self._config.prefill_tokens_per_decode * num_decoding), budget)
 
     def _expire_waiting(self) -> list[Request]:
         timeout_s = self._config.queue_timeout_s
