@@ -1,12 +1,14 @@
 """Quality of the quantized schemes against float32 on the same weights: perplexity and greedy agreement.
 
-    python bench/quality.py [--model PATH] [--schemes none,int8,int4] [--text FILE] [--json OUT]
+    python bench/quality.py [--model PATH] [--schemes none,int8,int4,int4-fused] [--text FILE] [--json OUT]
 
 Perplexity: teacher-forced next-token log-likelihood over non-overlapping windows of a plain-English text (by
 default the GPL-3 text every Debian system ships at /usr/share/common-licenses/GPL-3), computed with our own
 model forward (a private KV cache per window, so the engine's cache is untouched).
 Greedy agreement: a fixed set of chat prompts generated at temperature 0; per scheme, the share of prompts whose
 first K tokens equal float32's, and the mean length of the common prefix.
+`int4-fused`: int4 as a batch-1 client sees it, through the fused C decode step: perplexity is scored one token
+per decode step (teacher-forced) and the greedy prompts run one at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from yaie import LLM, SamplingParams
+from yaie.runner.fused_decode import build_fused_decoder
 from yaie.runner.input_batch import prepare_inputs
 from yaie.runner.model_runner import allocate_kv_caches
 from yaie.scheduler.output import ScheduledChunk, SchedulerOutput
@@ -71,6 +74,33 @@ def perplexity(llm: LLM, token_ids: list[int], window: int) -> tuple[float, int]
     return math.exp(total_nll / num_scored), num_scored
 
 
+@torch.inference_mode()
+def decode_perplexity(llm: LLM, token_ids: list[int], window: int) -> tuple[float, int]:
+    """As `perplexity`, but every token goes through its own single-token decode step of the fused C step."""
+    runner = llm.engine.runner
+    model, block_size = runner.model, runner.block_size
+    num_blocks = math.ceil(window / block_size)
+    kv_caches = allocate_kv_caches(model, num_blocks, block_size, torch.float16, runner.device)
+    fused = build_fused_decoder(model, kv_caches, block_size)
+    if fused is None:
+        raise SystemExit("the fused decode step is not available for this model / machine")
+    total_nll, num_scored = 0.0, 0
+    for start in range(0, len(token_ids) - 1, window):
+        ids = token_ids[start:start + window]
+        request = Request(f"ppl-{start}", ids, SamplingParams())
+        for position in range(len(ids) - 1):
+            chunk = ScheduledChunk(request, ids[position:position + 1], position, list(range(num_blocks)), True)
+            inputs = prepare_inputs(SchedulerOutput([chunk], 1), block_size, runner.device, runner.decode_kernel)
+            decode = inputs.attn.decode
+            assert decode is not None
+            hidden = fused(inputs.input_ids, inputs.positions, inputs.attn.slot_mapping, decode.block_table,
+                           decode.context_lens)  # [1, H]
+            logprobs = torch.log_softmax(model.compute_logits(hidden), dim=-1)  # [1, V]
+            total_nll -= logprobs[0, ids[position + 1]].item()
+            num_scored += 1
+    return math.exp(total_nll / num_scored), num_scored
+
+
 def greedy_tokens(llm: LLM, num_tokens: int) -> list[list[int]]:
     messages = [[{"role": "user", "content": p}] for p in PROMPTS]
     params = SamplingParams(temperature=0, max_tokens=num_tokens, ignore_eos=True)
@@ -87,9 +117,10 @@ def evaluate(args: argparse.Namespace) -> list[SchemeQuality]:
     reference: list[list[int]] | None = None
     for scheme in args.schemes.split(","):
         started = time.monotonic()
-        llm = LLM(args.model, quantization=scheme, max_num_seqs=len(PROMPTS))
+        fused = scheme.endswith("-fused")
+        llm = LLM(args.model, quantization=scheme.removesuffix("-fused"), max_num_seqs=1 if fused else len(PROMPTS))
         token_ids = llm.tokenizer(text)["input_ids"][: args.num_text_tokens]
-        ppl, num_scored = perplexity(llm, token_ids, args.window)
+        ppl, num_scored = (decode_perplexity if fused else perplexity)(llm, token_ids, args.window)
         greedy = greedy_tokens(llm, args.num_greedy_tokens)
         reference = reference if reference is not None else greedy
         prefixes = [common_prefix(g, r) for g, r in zip(greedy, reference, strict=True)]

@@ -14,6 +14,7 @@ from yaie.bench.offline import EngineOption
 _ENGINE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("max_num_seqs", int, "most requests in one engine step"),
     ("max_num_batched_tokens", int, "token budget of one engine step"),
+    ("max_num_prefill_tokens", int, "prompt tokens per step while requests decode"),
     ("num_threads", int, "torch CPU threads (default: the engine's measured choice)"),
     ("block_size", int, "KV cache block size in tokens"),
     ("kv_cache_memory", float, "KV cache budget: bytes if > 1, else a fraction of free memory"),
