@@ -30,6 +30,19 @@ def test_int8_linear_is_close_to_float() -> None:
         assert rel_err < 0.015
 
 
+def test_int8_linear_c_passes_match_the_pytorch_expression() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 384, bias=True)
+    quantized = Int8Linear(linear)
+    assert quantized._rows is not None  # gcc is part of the supported setup: the kernel must build
+    for num_tokens in (1, 7, 64):
+        x = torch.randn(num_tokens, 256) * torch.rand(num_tokens, 1) * 10
+        x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+        x_q = torch.round(x / x_scale).to(torch.int8)
+        expected = torch._int_mm(x_q, quantized.weight_t).float() * x_scale * quantized.weight_scale + linear.bias
+        torch.testing.assert_close(quantized(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_int4_linear_reproduces_weights_already_on_a_4bit_grid() -> None:
     """Weights that are Q4_1-representable (16 levels per group of 32) re-quantize exactly: what remains is the
     bfloat16 rounding of the activations."""

@@ -36,6 +36,7 @@ INT4_GROUP_SIZE = 32
 INT4_MAX_LEVEL = 15  # unsigned 4-bit levels 0..15; torch's kernel subtracts 8 before scaling
 Q8_BLOCK = 32
 Q8_SOURCE = Path(__file__).parent / "csrc" / "q8_linear.c"
+INT8_ROWS_SOURCE = Path(__file__).parent / "csrc" / "int8_rows.c"
 
 
 class Int8Linear(nn.Module):
@@ -50,13 +51,31 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out] float32
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), False)
         self.out_features = linear.out_features
+        self._rows = load_int8_rows_kernel() if weight.device.type == "cpu" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in] float -> [T, out] float
+        if self._rows is not None and x.dtype == torch.float32:
+            return self._forward_cpu(x.contiguous(), self._rows)
         x_scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(INT8_MAX)  # [T, 1]
         x_q = torch.round(x / x_scale).to(torch.int8)
         out = torch._int_mm(x_q, self.weight_t).float().mul_(x_scale).mul_(self.weight_scale)
         return out if self.bias is None else out.add_(self.bias)
+
+
+    def _forward_cpu(self, x: torch.Tensor, rows: ctypes.CDLL) -> torch.Tensor:
+        """The same arithmetic with the quantize and rescale passes in C (csrc/int8_rows.c)."""
+        num_tokens, num_threads = x.shape[0], torch.get_num_threads()
+        x_q = torch.empty(x.shape, dtype=torch.int8)
+        x_scale = torch.empty(num_tokens)
+        rows.yaie_quantize_rows(x.data_ptr(), x_q.data_ptr(), x_scale.data_ptr(), num_tokens, x.shape[1],
+                                num_threads)
+        acc = torch._int_mm(x_q, self.weight_t)  # [T, out] int32
+        out = torch.empty(num_tokens, self.out_features)
+        bias = 0 if self.bias is None else self.bias.data_ptr()
+        rows.yaie_dequantize_rows(acc.data_ptr(), x_scale.data_ptr(), self.weight_scale.data_ptr(), bias,
+                                  out.data_ptr(), num_tokens, self.out_features, num_threads)
+        return out
 
 
 class Int4Linear(nn.Module):
@@ -138,6 +157,17 @@ def load_q8_kernel() -> ctypes.CDLL | None:
     if lib is not None:
         lib.yaie_q8_linear.restype = ctypes.c_int
         lib.yaie_q8_linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+    return lib
+
+
+@lru_cache(maxsize=1)
+def load_int8_rows_kernel() -> ctypes.CDLL | None:
+    lib = load_c_library(INT8_ROWS_SOURCE, "the int8 activation kernels")
+    if lib is not None:
+        lib.yaie_quantize_rows.restype = None
+        lib.yaie_quantize_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+        lib.yaie_dequantize_rows.restype = None
+        lib.yaie_dequantize_rows.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     return lib
 
 
