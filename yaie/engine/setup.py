@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 CPU_DEFAULT_KV_BYTES = 384 << 20  # float16 K/V: ~16.7k tokens of SmolLM2-135M (serving RSS < 1.5 GB)
 CUDA_KV_FRACTION = 0.85
-# Prompt tokens per step while streams decode, on CPU: a 64-token chunk keeps a 16-stream float32 decode step
-# within ~2.5x of its decode-only time (W4 in docs/benchmarks.md); CUDA steps take the whole budget.
+# Prompt tokens per step while streams decode, on CPU: 64-token chunks keep a 16-stream float32 decode step's
+# ITL p99 under 3x its p50 (W4 in docs/benchmarks.md); CUDA steps take the whole budget.
 CPU_DEFAULT_PREFILL_TOKENS = 64
 
 
