@@ -120,7 +120,8 @@ class RunnerConfig:
     `cpu_attention_kernel`: on CPU with float32, read the paged cache in place with the C decode kernel
     (False: the PyTorch gather + SDPA reference path, which CUDA always uses).
     `fused_decode_max_batch`: with int4 weights on CPU, decode-only steps of up to this many sequences run as
-    one fused C call (runner/fused_decode.py; 0: never). Measured faster than the PyTorch path below ~12.
+    one fused C call (runner/fused_decode.py; 0: never; needs `cpu_attention_kernel`, whose kernel it uses).
+    Measured faster than the PyTorch path below ~12.
     """
 
     num_threads: int | None = None

@@ -116,12 +116,15 @@ def test_fused_decode_covers_small_decode_batches_only(tiny_llama_dir: Path, mon
     assert calls == [2, 2, 1]  # the steps of 4 and 3 sequences took the PyTorch path
 
 
-def test_fused_decode_needs_int4(tiny_llama_dir: Path) -> None:
+def test_fused_decode_needs_int4_and_the_c_attention_kernel(tiny_llama_dir: Path) -> None:
     for quantization in ("none", "int8"):
         llm = LLM(str(tiny_llama_dir), num_blocks=32, quantization=quantization, fused_decode_max_batch=8)
         assert llm.engine.runner.fused_decoder is None
     assert LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4",
                fused_decode_max_batch=0).engine.runner.fused_decoder is None
+    # the PyTorch reference attention was asked for: the fused step (which uses the C kernel) stays out
+    assert LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4",
+               cpu_attention_kernel=False).engine.runner.fused_decoder is None
 
 
 def test_default_model_int4_answers_through_the_fused_step() -> None:

@@ -47,7 +47,7 @@ class ModelRunner:
         self.decode_kernel = load_decode_kernel() if use_kernel else None
         logger.info("decode attention: %s", "paged C kernel" if self.decode_kernel else "PyTorch gather + SDPA")
         self.fused_decoder = None
-        if fused_decode_max_batch > 0 and device.type == "cpu":
+        if fused_decode_max_batch > 0 and self.decode_kernel is not None:  # it attends with the same C kernel
             self.fused_decoder = build_fused_decoder(model, self.kv_caches, block_size, fused_decode_max_batch)
         if self.fused_decoder is not None:
             logger.info("decode steps of up to %d sequences: fused int4 C step", fused_decode_max_batch)

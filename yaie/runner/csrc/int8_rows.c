@@ -10,6 +10,10 @@
 #include <stdint.h>
 #include <stddef.h>
 
+/* The kernels are built with -ffast-math; here exact IEEE division and rounding are the point (x / scale and
+ * amax / 127 as PyTorch computes them, not multiplications by reciprocals). */
+#pragma GCC optimize("no-fast-math")
+
 void yaie_quantize_rows(const float *x, int8_t *q, float *scale, int64_t m, int64_t k, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int64_t r = 0; r < m; r++) {
