@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from yaie import LLM, SamplingParams
-from yaie.runner.fused_decode import build_fused_decoder
+from yaie.runner.fused_decode import FusedDecoder, build_fused_decoder
 from yaie.runner.input_batch import prepare_inputs
-from yaie.runner.model_runner import allocate_kv_caches
+from yaie.runner.model_runner import ModelRunner, allocate_kv_caches
 from yaie.scheduler.output import ScheduledChunk, SchedulerOutput
 from yaie.types import Request
 
@@ -52,53 +52,57 @@ class SchemeQuality:
 
 
 @torch.inference_mode()
-def perplexity(llm: LLM, token_ids: list[int], window: int) -> tuple[float, int]:
-    """exp(mean NLL) of each token given the ones before it in its window; returns (ppl, tokens scored)."""
+def perplexity(llm: LLM, token_ids: list[int], window: int, fused: bool = False) -> tuple[float, int]:
+    """exp(mean NLL) of each token given the ones before it in its window; returns (ppl, tokens scored).
+    Each window is one prefill chunk through the model, or with `fused` one single-token step per token through
+    the fused C decode step (float16 K/V, as served)."""
     runner = llm.engine.runner
-    model, block_size = runner.model, runner.block_size
-    num_blocks = math.ceil(window / block_size)
-    kv_caches = allocate_kv_caches(model, num_blocks, block_size, torch.float32, runner.device)
+    num_blocks = math.ceil(window / runner.block_size)
+    kv_dtype = torch.float16 if fused else torch.float32
+    kv_caches = allocate_kv_caches(runner.model, num_blocks, runner.block_size, kv_dtype, runner.device)
+    block_ids = list(range(num_blocks))
+    if fused:
+        decoder = build_fused_decoder(runner.model, kv_caches, runner.block_size)
+        if decoder is None:
+            raise SystemExit("the fused decode step is not available for this model / machine")
     total_nll, num_scored = 0.0, 0
     for start in range(0, len(token_ids) - 1, window):
         ids = token_ids[start:start + window]
         if len(ids) < 2:
             break
         request = Request(f"ppl-{start}", ids, SamplingParams())
-        chunk = ScheduledChunk(request, ids, 0, list(range(num_blocks)), needs_sample=True)
-        inputs = prepare_inputs(SchedulerOutput([chunk], len(ids)), block_size, runner.device)
-        hidden = model(inputs.input_ids, inputs.positions, kv_caches, inputs.attn)  # [T, H]
-        logprobs = torch.log_softmax(model.compute_logits(hidden[:-1]), dim=-1)  # [T-1, V]
-        targets = torch.tensor(ids[1:], device=logprobs.device)
-        total_nll -= logprobs.gather(1, targets[:, None]).sum().item()
+        if fused:
+            total_nll += _decode_nll(runner, decoder, request, block_ids)
+        else:
+            total_nll += _prefill_nll(runner, kv_caches, request, block_ids)
         num_scored += len(ids) - 1
     return math.exp(total_nll / num_scored), num_scored
 
 
-@torch.inference_mode()
-def decode_perplexity(llm: LLM, token_ids: list[int], window: int) -> tuple[float, int]:
-    """As `perplexity`, but every token goes through its own single-token decode step of the fused C step."""
-    runner = llm.engine.runner
-    model, block_size = runner.model, runner.block_size
-    num_blocks = math.ceil(window / block_size)
-    kv_caches = allocate_kv_caches(model, num_blocks, block_size, torch.float16, runner.device)
-    fused = build_fused_decoder(model, kv_caches, block_size)
-    if fused is None:
-        raise SystemExit("the fused decode step is not available for this model / machine")
-    total_nll, num_scored = 0.0, 0
-    for start in range(0, len(token_ids) - 1, window):
-        ids = token_ids[start:start + window]
-        request = Request(f"ppl-{start}", ids, SamplingParams())
-        for position in range(len(ids) - 1):
-            chunk = ScheduledChunk(request, ids[position:position + 1], position, list(range(num_blocks)), True)
-            inputs = prepare_inputs(SchedulerOutput([chunk], 1), block_size, runner.device, runner.decode_kernel)
-            decode = inputs.attn.decode
-            assert decode is not None
-            hidden = fused(inputs.input_ids, inputs.positions, inputs.attn.slot_mapping, decode.block_table,
-                           decode.context_lens)  # [1, H]
-            logprobs = torch.log_softmax(model.compute_logits(hidden), dim=-1)  # [1, V]
-            total_nll -= logprobs[0, ids[position + 1]].item()
-            num_scored += 1
-    return math.exp(total_nll / num_scored), num_scored
+def _prefill_nll(runner: ModelRunner, kv_caches: list[torch.Tensor], request: Request, block_ids: list[int]
+                 ) -> float:
+    """Summed NLL of request's tokens 1..T-1, the window as one prompt chunk."""
+    ids, model = request.prompt_token_ids, runner.model
+    chunk = ScheduledChunk(request, ids, 0, block_ids, needs_sample=True)
+    inputs = prepare_inputs(SchedulerOutput([chunk], len(ids)), runner.block_size, runner.device)
+    hidden = model(inputs.input_ids, inputs.positions, kv_caches, inputs.attn)  # [T, H]
+    logprobs = torch.log_softmax(model.compute_logits(hidden[:-1]), dim=-1)  # [T-1, V]
+    targets = torch.tensor(ids[1:], device=logprobs.device)
+    return -logprobs.gather(1, targets[:, None]).sum().item()
+
+
+def _decode_nll(runner: ModelRunner, decoder: FusedDecoder, request: Request, block_ids: list[int]) -> float:
+    """Summed NLL of request's tokens 1..T-1, each position its own single-token fused decode step."""
+    ids, nll = request.prompt_token_ids, 0.0
+    for position in range(len(ids) - 1):
+        chunk = ScheduledChunk(request, ids[position:position + 1], position, block_ids, needs_sample=True)
+        inputs = prepare_inputs(SchedulerOutput([chunk], 1), runner.block_size, runner.device, runner.decode_kernel)
+        decode = inputs.attn.decode
+        assert decode is not None
+        hidden = decoder(inputs.input_ids, inputs.positions, inputs.attn.slot_mapping, decode.block_table,
+                         decode.context_lens)  # [1, H]
+        nll -= torch.log_softmax(runner.model.compute_logits(hidden), dim=-1)[0, ids[position + 1]].item()
+    return nll
 
 
 def greedy_tokens(llm: LLM, num_tokens: int) -> list[list[int]]:
@@ -120,7 +124,7 @@ def evaluate(args: argparse.Namespace) -> list[SchemeQuality]:
         fused = scheme.endswith("-fused")
         llm = LLM(args.model, quantization=scheme.removesuffix("-fused"), max_num_seqs=1 if fused else len(PROMPTS))
         token_ids = llm.tokenizer(text)["input_ids"][: args.num_text_tokens]
-        ppl, num_scored = (decode_perplexity if fused else perplexity)(llm, token_ids, args.window)
+        ppl, num_scored = perplexity(llm, token_ids, args.window, fused)
         greedy = greedy_tokens(llm, args.num_greedy_tokens)
         reference = reference if reference is not None else greedy
         prefixes = [common_prefix(g, r) for g, r in zip(greedy, reference, strict=True)]

@@ -211,6 +211,8 @@ class Scheduler:
         return True
 
     def _schedule_waiting(self, step: _Step) -> None:
+        if not self._waiting:
+            return
         # Prefix-aware admission: a request whose next uncached block is being computed by another request
         # (n siblings, or clients sharing a system prompt that arrive together) waits to hit it instead.
         pending_hashes = {h for r in self._running for h in self._kv.pending_block_hashes(r)}
