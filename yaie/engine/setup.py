@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -71,6 +72,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     model_name = config.model.served_model_name or default_model_name(checkpoint.path)
     del checkpoint  # the GGUF reader and its memory map
     release_free_heap()
+    freeze_startup_objects()
     return EngineParts(
         tokenizer=tokenizer,
         runner=runner,
@@ -95,6 +97,14 @@ def release_free_heap() -> None:
     freed heap pages resident otherwise (~40 MB for SmolLM2). A no-op where there is no glibc."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive after start-up (modules, tokenizer, imported libraries) out of the garbage
+    collector's reach: they live as long as the process, and otherwise each full collection walks all of them
+    again while the engine loop waits (~4% of a busy CPU server's time)."""
+    gc.collect()
+    gc.freeze()
 
 
 def default_model_name(path: Path) -> str:

@@ -1,9 +1,15 @@
-/* Paged decode attention for CPU: float32 queries and outputs, K/V cache in float32 or float16 (converted on
- * load with F16C), one query token per sequence, K/V read in place through the block table -- no gather copy. Work is split over (sequence, kv head) pairs with OpenMP; within a pair every
- * K/V row is loaded once and used by all the query heads of its GQA group.
+/* Paged decode attention for CPU: float32 queries and outputs, K/V cache in float32 or float16 (widened with
+ * F16C), one query token per sequence, K/V read in place through the block table -- no gather copy. Work is
+ * split over (sequence, kv head) pairs with OpenMP; within a pair every K/V row is read from memory once and
+ * used by all the query heads of its GQA group.
  *
  * Layouts: q, out [B, Hq, D]; k_cache, v_cache [S, Hkv, D] (S = num_blocks * block_size);
- * block_table [B, max_blocks]; context_lens [B]. */
+ * block_table [B, max_blocks]; context_lens [B].
+ *
+ * The vector path (head_dim a multiple of 8, at most MAX_DIM) takes rows eight at a time: they are widened to
+ * float32 once into an L1 buffer, each query head's eight dot products run as eight independent FMA chains
+ * folded by one transpose-add, and the weighted V sum keeps a whole head's output row in registers. Other
+ * head sizes take a plain scalar loop. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -11,65 +17,75 @@
 #include <string.h>
 
 #define MAX_GROUP 16
+#define MAX_DIM 256
+#define MAX_WIDTH 1024 /* widest K/V row slice one task reads: num_kv * head_dim */
+#define ROWS 8
+#define PREFETCH_ROWS 32 /* rows ahead of the one being widened that are requested from memory */
 
-/* q . k_row over head_dim elements; K row in float32 or float16 (`is_f16` is a compile-time constant in every
- * specialisation). The float16 path widens 8 elements at a time with F16C. */
-static inline __attribute__((always_inline)) float dot_kv(const float *q, const void *row, int head_dim,
-                                                          const int is_f16) {
-    if (!is_f16) {
-        const float *k = (const float *)row;
-        float dot = 0.f;
-        for (int d = 0; d < head_dim; d++) dot += q[d] * k[d];
-        return dot;
-    }
-    const uint16_t *k = (const uint16_t *)row;
-    __m256 acc = _mm256_setzero_ps();
-    int d = 0;
-    for (; d + 8 <= head_dim; d += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d))), acc);
-    __m128 sum4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    sum4 = _mm_hadd_ps(sum4, sum4);
-    float dot = _mm_cvtss_f32(_mm_hadd_ps(sum4, sum4));
-    for (; d < head_dim; d++) dot += q[d] * _cvtsh_ss(k[d]);
-    return dot;
+/* Row `o` of kv head `kv_head` in the cache, addressed through the sequence's block table. */
+static inline const char *kv_row(const void *cache, const int64_t *blocks, int64_t t, int block_size,
+                                 int64_t row_stride, int kv_head, int head_dim, int64_t elem) {
+    const int64_t slot = blocks[t / block_size] * block_size + t % block_size;
+    return (const char *)cache + (slot * row_stride + (int64_t)kv_head * head_dim) * elem;
 }
 
-/* out += p * v_row over head_dim elements. */
-static inline __attribute__((always_inline)) void axpy_kv(float *out, float p, const void *row, int head_dim,
-                                                          const int is_f16) {
-    if (!is_f16) {
-        const float *v = (const float *)row;
-        for (int d = 0; d < head_dim; d++) out[d] += p * v[d];
-        return;
-    }
-    const uint16_t *v = (const uint16_t *)row;
-    const __m256 pv = _mm256_set1_ps(p);
-    int d = 0;
-    for (; d + 8 <= head_dim; d += 8) {
-        __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + d)));
-        _mm256_storeu_ps(out + d, _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(out + d)));
-    }
-    for (; d < head_dim; d++) out[d] += p * _cvtsh_ss(v[d]);
-}
-
-static inline __attribute__((always_inline)) void attend_impl(
-    const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks, int64_t ctx, int group,
-    int num_kv_heads, const int head_dim, int block_size, int kv_head, float scale, float *scores, float *out,
-    const int is_f16) {
+/* Widen `n` (<= ROWS) rows starting at context position t0 -- `width` elements each, from kv head `kv_head` on --
+ * into buf [ROWS, width] float32; missing rows repeat the last one so the eight-row kernels never read garbage.
+ * Rows PREFETCH_ROWS ahead (up to `ctx`) are prefetched: rows are strided and split over blocks, so the
+ * hardware prefetcher alone leaves each row's first load waiting on memory. */
+static inline __attribute__((always_inline)) void load_rows(
+    float *buf, const void *cache, const int64_t *blocks, int64_t t0, int n, int64_t ctx, int block_size,
+    int64_t row_stride, int kv_head, const int D, const int width, const int is_f16) {
     const int64_t elem = is_f16 ? 2 : 4;
-    const int64_t row_stride = (int64_t)num_kv_heads * head_dim;
-    /* Pass 1: scores[g, t] = scale * q_g . k_t, each K row loaded once for the whole GQA group. */
-    for (int64_t start = 0, blk = 0; start < ctx; start += block_size, blk++) {
-        const int64_t n = ctx - start < block_size ? ctx - start : block_size;
-        const char *k_row = (const char *)k_cache + (blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim) * elem;
-        for (int64_t o = 0; o < n; o++, k_row += row_stride * elem) {
-            for (int g = 0; g < group; g++) {
-                const float *qg = q + g * head_dim;
-                scores[g * ctx + start + o] = dot_kv(qg, k_row, head_dim, is_f16) * scale;
-            }
+    for (int r = 0; r < n && t0 + r + PREFETCH_ROWS < ctx; r++) {
+        const char *ahead = kv_row(cache, blocks, t0 + r + PREFETCH_ROWS, block_size, row_stride, kv_head, D, elem);
+        for (int64_t line = 0; line < width * elem; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+    }
+    for (int r = 0; r < ROWS; r++) {
+        const char *row = kv_row(cache, blocks, t0 + (r < n ? r : n - 1), block_size, row_stride, kv_head, D, elem);
+        float *dst = buf + r * width;
+        if (is_f16) {
+            for (int d = 0; d < width; d += 8)
+                _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d))));
+        } else {
+            memcpy(dst, row, sizeof(float) * width);
         }
     }
-    /* Softmax per query head. */
+}
+
+/* The eight dot products q . buf[r, 0:D] (r < ROWS, rows `width` apart) as one vector: eight FMA chains, then a transpose-add. */
+static inline __attribute__((always_inline)) __m256 dot8(const float *q, const float *buf, const int D,
+                                                          const int width) {
+    __m256 acc[ROWS];
+    for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
+    for (int d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+        for (int r = 0; r < ROWS; r++) acc[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(buf + r * width + d), acc[r]);
+    }
+    const __m256 s01 = _mm256_hadd_ps(acc[0], acc[1]), s23 = _mm256_hadd_ps(acc[2], acc[3]);
+    const __m256 s45 = _mm256_hadd_ps(acc[4], acc[5]), s67 = _mm256_hadd_ps(acc[6], acc[7]);
+    const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+    /* lanes: s0123 = [r0 r1 r2 r3 | r0 r1 r2 r3] (low / high halves of each sum), likewise s4567 */
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+/* out[0:D] += sum_r p[r] * buf[r, 0:D] over n rows `width` apart, the output row held in registers. */
+static inline __attribute__((always_inline)) void weighted_sum(float *out, const float *p, const float *buf, int n,
+                                                               const int D, const int width) {
+    for (int d0 = 0; d0 < D; d0 += 64) {
+        const int num_vecs = (D - d0 < 64 ? D - d0 : 64) / 8;
+        __m256 acc[8];
+        for (int c = 0; c < num_vecs; c++) acc[c] = _mm256_loadu_ps(out + d0 + c * 8);
+        for (int r = 0; r < n; r++) {
+            const __m256 pr = _mm256_set1_ps(p[r]);
+            for (int c = 0; c < num_vecs; c++)
+                acc[c] = _mm256_fmadd_ps(pr, _mm256_loadu_ps(buf + r * width + d0 + c * 8), acc[c]);
+        }
+        for (int c = 0; c < num_vecs; c++) _mm256_storeu_ps(out + d0 + c * 8, acc[c]);
+    }
+}
+
+static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int head_dim) {
     for (int g = 0; g < group; g++) {
         float *s = scores + g * ctx;
         float max_score = -INFINITY, sum = 0.f;
@@ -79,65 +95,114 @@ static inline __attribute__((always_inline)) void attend_impl(
         for (int64_t t = 0; t < ctx; t++) s[t] *= inv;
         memset(out + g * head_dim, 0, sizeof(float) * head_dim);
     }
-    /* Pass 2: out_g = sum_t p[g, t] * v_t, each V row loaded once. */
-    for (int64_t start = 0, blk = 0; start < ctx; start += block_size, blk++) {
-        const int64_t n = ctx - start < block_size ? ctx - start : block_size;
-        const char *v_row = (const char *)v_cache + (blocks[blk] * block_size * row_stride + (int64_t)kv_head * head_dim) * elem;
-        for (int64_t o = 0; o < n; o++, v_row += row_stride * elem) {
-            for (int g = 0; g < group; g++) {
-                const float p = scores[g * ctx + start + o];
-                float *og = out + g * head_dim;
-                axpy_kv(og, p, v_row, head_dim, is_f16);
-            }
+}
+
+/* Query heads [kv_head * group, (kv_head + num_kv) * group) against kv heads [kv_head, kv_head + num_kv): q, out
+ * point at the first of those query heads; scores holds num_kv * group rows of ctx. */
+static inline __attribute__((always_inline)) void attend_vector(
+    const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks, int64_t ctx, int group,
+    int num_kv_heads, const int D, int block_size, int kv_head, int num_kv, float scale, float *scores, float *out,
+    const int is_f16) {
+    const int64_t row_stride = (int64_t)num_kv_heads * D;
+    const int width = num_kv * D, num_q = num_kv * group;
+    float buf[ROWS * MAX_WIDTH] __attribute__((aligned(64)));
+    float lanes[ROWS];
+    /* Pass 1: scores[j, t] = scale * q_j . k_t for query head j of kv head j / group. */
+    for (int64_t t0 = 0; t0 < ctx; t0 += ROWS) {
+        const int n = ctx - t0 < ROWS ? (int)(ctx - t0) : ROWS;
+        load_rows(buf, k_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, is_f16);
+        for (int j = 0; j < num_q; j++) {
+            _mm256_storeu_ps(lanes, _mm256_mul_ps(dot8(q + j * D, buf + j / group * D, D, width),
+                                                  _mm256_set1_ps(scale)));
+            memcpy(scores + j * ctx + t0, lanes, sizeof(float) * n);
         }
+    }
+    softmax_rows(scores, num_q, ctx, out, D);
+    /* Pass 2: out_j = sum_t p[j, t] * v_t. */
+    for (int64_t t0 = 0; t0 < ctx; t0 += ROWS) {
+        const int n = ctx - t0 < ROWS ? (int)(ctx - t0) : ROWS;
+        load_rows(buf, v_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, is_f16);
+        for (int j = 0; j < num_q; j++)
+            weighted_sum(out + j * D, scores + j * ctx + t0, buf + j / group * D, n, D, width);
     }
 }
 
-/* Specialisations with a compile-time head_dim and K/V type let the compiler unroll and vectorise. */
-typedef void (*attend_fn)(const float *, const void *, const void *, const int64_t *, int64_t, int, int, int, int,
-                          int, float, float *, float *);
-#define DEFINE_ATTEND(NAME, DIM, F16)                                                                         \
-    static void NAME(const float *q, const void *k, const void *v, const int64_t *blocks, int64_t ctx,        \
-                     int group, int hkv, int head_dim, int bs, int h, float scale, float *scores, float *out) { \
-        attend_impl(q, k, v, blocks, ctx, group, hkv, DIM, bs, h, scale, scores, out, F16);                   \
+/* Any head size: one row at a time, scalar (same contract as attend_vector). */
+static void attend_scalar(const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks,
+                          int64_t ctx, int group, int num_kv_heads, int D, int block_size, int kv_head, int num_kv,
+                          float scale, float *scores, float *out, int is_f16) {
+    const int64_t row_stride = (int64_t)num_kv_heads * D, elem = is_f16 ? 2 : 4;
+    const int num_q = num_kv * group;
+#define KV_AT(row, j, d) (is_f16 ? _cvtsh_ss(((const uint16_t *)(row))[(j) / group * D + (d)]) \
+                                 : ((const float *)(row))[(j) / group * D + (d)])
+    for (int64_t t = 0; t < ctx; t++) {
+        const char *row = kv_row(k_cache, blocks, t, block_size, row_stride, kv_head, D, elem);
+        for (int j = 0; j < num_q; j++) {
+            float dot = 0.f;
+            for (int d = 0; d < D; d++) dot += q[j * D + d] * KV_AT(row, j, d);
+            scores[j * ctx + t] = dot * scale;
+        }
     }
-DEFINE_ATTEND(attend_64, 64, 0)
-DEFINE_ATTEND(attend_128, 128, 0)
-DEFINE_ATTEND(attend_any, head_dim, 0)
-DEFINE_ATTEND(attend_64_f16, 64, 1)
-DEFINE_ATTEND(attend_128_f16, 128, 1)
-DEFINE_ATTEND(attend_any_f16, head_dim, 1)
+    softmax_rows(scores, num_q, ctx, out, D);
+    for (int64_t t = 0; t < ctx; t++) {
+        const char *row = kv_row(v_cache, blocks, t, block_size, row_stride, kv_head, D, elem);
+        for (int j = 0; j < num_q; j++)
+            for (int d = 0; d < D; d++) out[j * D + d] += scores[j * ctx + t] * KV_AT(row, j, d);
+    }
+#undef KV_AT
+}
+
+/* Specialisations with a compile-time head_dim and K/V type let the compiler unroll and keep rows in registers. */
+typedef void (*attend_fn)(const float *, const void *, const void *, const int64_t *, int64_t, int, int, int, int,
+                          int, int, float, float *, float *);
+#define DEFINE_ATTEND(NAME, IMPL, DIM, F16)                                                                   \
+    static void NAME(const float *q, const void *k, const void *v, const int64_t *blocks, int64_t ctx,        \
+                     int group, int hkv, int head_dim, int bs, int h, int num_kv, float scale, float *scores,  \
+                     float *out) {                                                                            \
+        IMPL(q, k, v, blocks, ctx, group, hkv, DIM, bs, h, num_kv, scale, scores, out, F16);                  \
+    }
+DEFINE_ATTEND(attend_64, attend_vector, 64, 0)
+DEFINE_ATTEND(attend_128, attend_vector, 128, 0)
+DEFINE_ATTEND(attend_any, attend_vector, head_dim, 0)
+DEFINE_ATTEND(attend_64_f16, attend_vector, 64, 1)
+DEFINE_ATTEND(attend_128_f16, attend_vector, 128, 1)
+DEFINE_ATTEND(attend_any_f16, attend_vector, head_dim, 1)
+DEFINE_ATTEND(attend_scalar_f32, attend_scalar, head_dim, 0)
+DEFINE_ATTEND(attend_scalar_f16, attend_scalar, head_dim, 1)
 
 static attend_fn pick_attend(int head_dim, int kv_is_f16) {
+    if (head_dim % 8 || head_dim > MAX_DIM) return kv_is_f16 ? attend_scalar_f16 : attend_scalar_f32;
     if (kv_is_f16) return head_dim == 64 ? attend_64_f16 : head_dim == 128 ? attend_128_f16 : attend_any_f16;
     return head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
 }
 
-/* k_cache / v_cache hold float32 (kv_is_f16 = 0) or float16 (kv_is_f16 = 1) elements. */
+/* k_cache / v_cache hold float32 (kv_is_f16 = 0) or float16 (kv_is_f16 = 1) elements. With enough sequences to
+ * keep every thread busy, one task takes a whole sequence (each K/V row read as one contiguous slice of all its
+ * kv heads); otherwise one task per (sequence, kv head). */
 int yaie_paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
                                 const int64_t *block_table, const int64_t *context_lens, float *out,
                                 int num_seqs, int num_heads, int num_kv_heads, int head_dim, int block_size,
                                 int max_blocks, float scale, int num_threads, int kv_is_f16) {
-    int group = num_heads / num_kv_heads;
+    const int group = num_heads / num_kv_heads;
     if (group > MAX_GROUP || group * num_kv_heads != num_heads) return -1;
     int64_t max_ctx = 0;
     for (int b = 0; b < num_seqs; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
+    const int whole_seqs = num_seqs >= 4 * num_threads && num_kv_heads * head_dim <= MAX_WIDTH;
+    const int num_kv = whole_seqs ? num_kv_heads : 1, tasks_per_seq = num_kv_heads / num_kv;
+    const attend_fn attend_one = pick_attend(head_dim, kv_is_f16);
     int failed = 0;
-    attend_fn attend_one = pick_attend(head_dim, kv_is_f16);
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = (float *)malloc(sizeof(float) * group * (max_ctx > 0 ? max_ctx : 1));
+        float *scores = (float *)malloc(sizeof(float) * num_kv * group * (max_ctx > 0 ? max_ctx : 1));
         if (!scores) {
             failed = 1;
         } else {
-#pragma omp for schedule(dynamic, 1) collapse(2)
-            for (int b = 0; b < num_seqs; b++) {
-                for (int h = 0; h < num_kv_heads; h++) {
-                    const float *qb = q + ((int64_t)b * num_heads + (int64_t)h * group) * head_dim;
-                    float *ob = out + ((int64_t)b * num_heads + (int64_t)h * group) * head_dim;
-                    attend_one(qb, k_cache, v_cache, block_table + (int64_t)b * max_blocks, context_lens[b],
-                               group, num_kv_heads, head_dim, block_size, h, scale, scores, ob);
-                }
+#pragma omp for schedule(dynamic, 1)
+            for (int task = 0; task < num_seqs * tasks_per_seq; task++) {
+                const int b = task / tasks_per_seq, h = task % tasks_per_seq * num_kv;
+                const int64_t first = ((int64_t)b * num_heads + (int64_t)h * group) * head_dim;
+                attend_one(q + first, k_cache, v_cache, block_table + (int64_t)b * max_blocks, context_lens[b],
+                           group, num_kv_heads, head_dim, block_size, h, num_kv, scale, scores, out + first);
             }
             free(scores);
         }

@@ -261,7 +261,7 @@ int yaie_fused_decode(const model_desc *m, float *x, int64_t B, const int64_t *p
                 for (int64_t h = 0; h < Hkv; h++)
                     attend_one(qkv + b * qkv_dim + h * group * D, l->k_cache, l->v_cache,
                                block_table + b * max_blocks, context_lens[b], (int)group, (int)Hkv, (int)D,
-                               (int)m->block_size, (int)h, m->scale, scores, attn + (b * Hq + h * group) * D);
+                               (int)m->block_size, (int)h, 1, m->scale, scores, attn + (b * Hq + h * group) * D);
             norm_quantize(attn, NULL, B, Hq * D, m->eps, tmp, &a);
             q4_matmul(&l->o, &a, B, x, H, 1);
             norm_quantize(x, l->post_norm, B, H, m->eps, tmp, &a);
