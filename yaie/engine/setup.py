@@ -100,9 +100,9 @@ def release_free_heap() -> None:
 
 
 def freeze_startup_objects() -> None:
-    """Move every object alive after start-up (modules, tokenizer, imported libraries) out of the garbage
-    collector's reach: they live as long as the process, and otherwise each full collection walks all of them
-    again while the engine loop waits (~4% of a busy CPU server's time)."""
+    """Move every object alive after start-up (modules, tokenizer, imported libraries: ~335k objects) out of the
+    garbage collector's reach: they live as long as the process, and otherwise every full collection walks all
+    of them again while the engine loop waits."""
     gc.collect()
     gc.freeze()
 

@@ -7,6 +7,7 @@ batch of requests at arbitrary positions is one gather.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -63,15 +64,27 @@ class RotaryEmbedding(nn.Module):
         self.cos_cached = emb.cos()
         self.sin_cached = emb.sin()
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [T]; q: [T, Hq, D]; k: [T, Hkv, D]
-        cos = self.cos_cached[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
-        sin = self.sin_cached[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
+        """The rotation for a step's tokens, looked up once and shared by every layer."""
+        cos = self.cos_cached[positions].unsqueeze(1).to(dtype)  # [T, 1, D]
+        sin = self.sin_cached[positions].unsqueeze(1).to(dtype)
+        half = self.head_dim // 2
+        return RopeTables(cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1))
+
+    def forward(self, rope: RopeTables, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # q: [T, Hq, D]; k: [T, Hkv, D]
+        return _rotate(q, rope), _rotate(k, rope)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+@dataclass(frozen=True)
+class RopeTables:
+    """cos: [T, 1, D]; signed_sin: [T, 1, D], the sine with its first half negated, so that
+    rotate_half(x) * sin == roll(x, D / 2) * signed_sin exactly (a sign flip rounds nothing)."""
+
+    cos: torch.Tensor
+    signed_sin: torch.Tensor
+
+
+def _rotate(x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+    # x: [T, H, D] -> x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[D/2:], x[:D/2])
+    return x * rope.cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * rope.signed_sin

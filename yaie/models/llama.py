@@ -16,7 +16,7 @@ from torch import nn
 from yaie.attention.metadata import AttentionMetadata
 from yaie.attention.torch_backend import TorchPagedAttention
 from yaie.layers.norm import RMSNorm
-from yaie.layers.rotary import RotaryEmbedding
+from yaie.layers.rotary import RopeTables, RotaryEmbedding
 from yaie.models.arch import ModelArchConfig
 
 
@@ -36,9 +36,8 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.attn = TorchPagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
 
-    def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
+    def forward(self, rope: RopeTables, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
+                ) -> torch.Tensor:
         # x: [T, hidden]
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -47,7 +46,7 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        q, k = self.rotary(rope, q, k)
         out = self.attn(q, k, v, kv_cache, meta)  # [T, Hq, D]
         return self.o_proj(out.view(num_tokens, self.q_size))
 
@@ -72,10 +71,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.mlp = MLP(arch.hidden_size, arch.intermediate_size)
 
-    def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), kv_cache, meta)
+    def forward(self, rope: RopeTables, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
+                ) -> torch.Tensor:
+        x = x + self.self_attn(rope, self.input_layernorm(x), kv_cache, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -100,8 +98,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         # input_ids, positions: [T] -> hidden: [T, hidden]
         x = self.embed_tokens(input_ids)
+        rope = self.rotary.tables(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            x = layer(positions, x, kv_cache, meta)
+            x = layer(rope, x, kv_cache, meta)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

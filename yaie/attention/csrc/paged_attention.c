@@ -36,19 +36,27 @@ static inline const char *kv_row(const void *cache, const int64_t *blocks, int64
 static inline __attribute__((always_inline)) void load_rows(
     float *buf, const void *cache, const int64_t *blocks, int64_t t0, int n, int64_t ctx, int block_size,
     int64_t row_stride, int kv_head, const int D, const int width, const int is_f16) {
-    const int64_t elem = is_f16 ? 2 : 4;
+    const int64_t elem = is_f16 ? 2 : 4, row_bytes = row_stride * elem;
     for (int r = 0; r < n && t0 + r + PREFETCH_ROWS < ctx; r++) {
         const char *ahead = kv_row(cache, blocks, t0 + r + PREFETCH_ROWS, block_size, row_stride, kv_head, D, elem);
         for (int64_t line = 0; line < width * elem; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
     }
+    int64_t blk = t0 / block_size, offset = t0 % block_size;
+    const char *row = kv_row(cache, blocks, t0, block_size, row_stride, kv_head, D, elem);
     for (int r = 0; r < ROWS; r++) {
-        const char *row = kv_row(cache, blocks, t0 + (r < n ? r : n - 1), block_size, row_stride, kv_head, D, elem);
         float *dst = buf + r * width;
         if (is_f16) {
             for (int d = 0; d < width; d += 8)
                 _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d))));
         } else {
             memcpy(dst, row, sizeof(float) * width);
+        }
+        if (r + 1 >= n) continue; /* the remaining rows repeat this one */
+        if (++offset < block_size) {
+            row += row_bytes;
+        } else {
+            offset = 0;
+            row = kv_row(cache, blocks, ++blk * block_size, block_size, row_stride, kv_head, D, elem);
         }
     }
 }
@@ -112,9 +120,13 @@ static inline __attribute__((always_inline)) void attend_vector(
         const int n = ctx - t0 < ROWS ? (int)(ctx - t0) : ROWS;
         load_rows(buf, k_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, is_f16);
         for (int j = 0; j < num_q; j++) {
-            _mm256_storeu_ps(lanes, _mm256_mul_ps(dot8(q + j * D, buf + j / group * D, D, width),
-                                                  _mm256_set1_ps(scale)));
-            memcpy(scores + j * ctx + t0, lanes, sizeof(float) * n);
+            const __m256 dots = _mm256_mul_ps(dot8(q + j * D, buf + j / group * D, D, width), _mm256_set1_ps(scale));
+            if (n == ROWS) {
+                _mm256_storeu_ps(scores + j * ctx + t0, dots);
+            } else {
+                _mm256_storeu_ps(lanes, dots);
+                memcpy(scores + j * ctx + t0, lanes, sizeof(float) * n);
+            }
         }
     }
     softmax_rows(scores, num_q, ctx, out, D);
