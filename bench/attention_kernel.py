@@ -1,0 +1,59 @@
+"""Time the C paged decode-attention kernel alone on a decode-step shape.
+
+    .venv/bin/python bench/attention_kernel.py --batch 32 --context 320 [--layers 30] [--scatter]
+
+SmolLM2's attention shape (9 query heads, 3 kv heads, head_dim 64, float16 K/V, blocks of 16). `--layers L`
+spreads the cache over L layers' worth of memory and cycles through them, as a real step does (L = 1 keeps
+it in the last-level cache); `--scatter` gives every sequence randomly placed blocks instead of contiguous ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from yaie.attention.cpu_kernel import load_decode_kernel
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--context", type=int, default=320)
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--scatter", action="store_true")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    kernel = load_decode_kernel()
+    if kernel is None:
+        raise SystemExit("the C attention kernel did not build")
+    blocks_per_seq = -(-args.context // BLOCK_SIZE)
+    blocks_per_layer = args.batch * blocks_per_seq
+    num_blocks = blocks_per_layer * args.layers
+    k_cache = torch.randn(num_blocks * BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM).half()  # [S, Hkv, D]
+    v_cache = torch.randn_like(k_cache)
+    order = torch.randperm(num_blocks) if args.scatter else torch.arange(num_blocks)
+    tables = [order[i * blocks_per_layer:(i + 1) * blocks_per_layer].view(args.batch, blocks_per_seq).contiguous()
+              for i in range(args.layers)]  # one [B, M] block table per layer
+    q = torch.randn(args.batch, NUM_HEADS, HEAD_DIM)
+    context_lens = torch.full((args.batch,), args.context, dtype=torch.int64)
+    scale = HEAD_DIM**-0.5
+    for table in tables:
+        kernel(q, k_cache, v_cache, table, context_lens, BLOCK_SIZE, scale)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < args.seconds:
+        for table in tables:
+            kernel(q, k_cache, v_cache, table, context_lens, BLOCK_SIZE, scale)
+            calls += 1
+    seconds_per_call = (time.perf_counter() - started) / calls
+    kv_bytes = 2 * args.batch * args.context * NUM_KV_HEADS * HEAD_DIM * k_cache.element_size()
+    print(f"batch {args.batch}, context {args.context}, {args.layers} layers' memory"
+          f"{', scattered blocks' if args.scatter else ''}, {torch.get_num_threads()} threads: "
+          f"{seconds_per_call * 1e6:.0f} us per layer call, {kv_bytes / seconds_per_call / 1e9:.1f} GB/s of K/V")
+
+
+if __name__ == "__main__":
+    main()
