@@ -9,6 +9,8 @@ with two they are split per kv head, the kernel's other work split.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -61,3 +63,23 @@ def test_matches_softmax_attention(kv_dtype: torch.dtype, head_dim: int, num_hea
     got = kernel(q, k_cache, v_cache, block_table, context_lens, block_size, scale)
     want = _reference(q, k_cache, v_cache, block_table, context_lens, block_size, scale)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+DENORMAL_PROBE = """
+import torch
+from yaie.attention.cpu_kernel import load_decode_kernel
+from yaie.runner.fused_decode import load_fused_library
+from yaie.runner.quantization import load_int8_rows_kernel, load_q8_kernel
+libraries = [load_decode_kernel(), load_fused_library(), load_int8_rows_kernel(), load_q8_kernel()]
+assert all(library is not None for library in libraries), libraries
+print((torch.tensor([1e-39]) * 2).item())
+"""
+
+
+def test_loading_the_kernels_keeps_denormals() -> None:
+    """The kernels are compiled with -ffast-math but must not switch the host process to flush-to-zero (which
+    linking with -ffast-math does through crtfastmath.o): every torch op after loading them would change."""
+    result = subprocess.run([sys.executable, "-c", DENORMAL_PROBE], capture_output=True, text=True, timeout=300,
+                            check=True)
+    doubled_denormal = float(result.stdout.strip().splitlines()[-1])
+    assert doubled_denormal == pytest.approx(2e-39, rel=1e-3, abs=0)  # 0.0 under flush-to-zero

@@ -24,8 +24,11 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
 KV_DTYPES = (torch.float32, torch.float16)
-CFLAGS = ["-O3", "-march=x86-64-v3", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
-NATIVE_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+CFLAGS = ["-O3", "-march=x86-64-v3", "-ffast-math", "-fopenmp", "-fPIC"]
+NATIVE_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+# Linked in a separate step without -ffast-math: linking with it adds crtfastmath.o, whose constructor turns on
+# flush-to-zero / denormals-are-zero for the whole process that loads the library (every torch op included).
+LDFLAGS = ["-shared", "-fopenmp"]
 
 
 class DecodeKernel:
@@ -99,15 +102,17 @@ def _cpu_signature() -> str:
 
 def _build(compiler: str, source_path: Path, flags: list[str], includes: tuple[Path, ...]) -> Path:
     text = source_path.read_bytes() + b"".join(path.read_bytes() for path in includes)
-    digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(text + " ".join([*flags, *LDFLAGS]).encode()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("YAIE_CACHE_DIR", Path.home() / ".cache" / "yaie")) / "kernels"
     target = cache_dir / f"{source_path.stem}_{digest}.so"
     if target.exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        built = Path(tmp) / target.name
-        subprocess.run([compiler, *flags, str(source_path), "-o", str(built), "-lm"], check=True,
+        built, obj = Path(tmp) / target.name, Path(tmp) / f"{source_path.stem}.o"
+        subprocess.run([compiler, *flags, "-c", str(source_path), "-o", str(obj)], check=True,
                        capture_output=True, timeout=120)
+        subprocess.run([compiler, *LDFLAGS, str(obj), "-o", str(built), "-lm"], check=True, capture_output=True,
+                       timeout=120)
         os.replace(built, target)  # atomic: concurrent builders never load a half-written file
     return target
