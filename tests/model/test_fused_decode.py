@@ -127,6 +127,21 @@ def test_fused_decode_needs_int4_and_the_c_attention_kernel(tiny_llama_dir: Path
                cpu_attention_kernel=False).engine.runner.fused_decoder is None
 
 
+def test_int4_without_the_fused_step_frees_its_q4_blocks(tiny_llama_dir: Path) -> None:
+    fused = LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4", fused_decode_max_batch=8)
+    plain = LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4", fused_decode_max_batch=0)
+    fused_int4 = [m for m in fused.engine.runner.model.modules() if isinstance(m, Int4Linear)]
+    plain_int4 = [m for m in plain.engine.runner.model.modules() if isinstance(m, Int4Linear)]
+    assert fused_int4 and all(m.q4_blocks.numel() > 0 for m in fused_int4)
+    assert plain_int4 and all(m.q4_blocks.numel() == 0 for m in plain_int4)
+    fused.engine.runner.fused_decoder = None  # both now decode through the torch int4 matmuls
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    prompts = [[5, 6, 7], [9, 10, 11, 12]]
+    with_blocks = [o.outputs[0].token_ids for o in fused.generate(prompts, params, use_tqdm=False)]
+    without_blocks = [o.outputs[0].token_ids for o in plain.generate(prompts, params, use_tqdm=False)]
+    assert without_blocks == with_blocks and all(len(tokens) == 8 for tokens in without_blocks)
+
+
 def test_default_model_int4_answers_through_the_fused_step() -> None:
     llm = LLM(None, quantization="int4", max_num_seqs=2)
     assert llm.engine.runner.fused_decoder is not None

@@ -15,6 +15,7 @@ from yaie.attention.cpu_kernel import KV_DTYPES, load_decode_kernel
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.fused_decode import build_fused_decoder
 from yaie.runner.input_batch import StepInputs, prepare_inputs
+from yaie.runner.quantization import drop_q4_blocks
 from yaie.sampling.allowed_tokens import AllowedTokens, GrammarBitmask
 from yaie.sampling.metadata import SamplingMetadata
 from yaie.sampling.sampler import Sampler
@@ -51,6 +52,8 @@ class ModelRunner:
             self.fused_decoder = build_fused_decoder(model, self.kv_caches, block_size, fused_decode_max_batch)
         if self.fused_decoder is not None:
             logger.info("decode steps of up to %d sequences: fused int4 C step", fused_decode_max_batch)
+        else:
+            drop_q4_blocks(model)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput, grammar: GrammarBitmask | None = None) -> RunnerOutput:

@@ -2,6 +2,8 @@
  *
  * yaie_quantize_rows:   x [M, K] float32 -> q [M, K] int8, scale [M] float32, per row (token):
  *                       scale = max(max|x|, 1e-12) / 127, q = round-half-even(x / scale).
+ * yaie_norm_quantize_rows: the same after an RMSNorm, y = weight * (x * 1 / sqrt(mean(x^2) + eps)), for a linear
+ *                       whose only input is that norm's output (the norm is not written out).
  * yaie_dequantize_rows: acc [M, N] int32 (torch._int_mm's output) -> y [M, N] float32,
  *                       y = acc * x_scale[m] * w_scale[n] (+ bias[n]).
  *
@@ -25,6 +27,32 @@ void yaie_quantize_rows(const float *x, int8_t *q, float *scale, int64_t m, int6
         scale[r] = s;
         int8_t *out = q + r * k;
         for (int64_t i = 0; i < k; i++) out[i] = (int8_t)nearbyintf(row[i] / s);
+    }
+}
+
+/* mean(row^2) with eight running sums (a fixed order, so the compiler can still vectorise it exactly). */
+static float mean_square(const float *row, int64_t k) {
+    float sums[8] = {0.f};
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8)
+        for (int j = 0; j < 8; j++) sums[j] += row[i + j] * row[i + j];
+    float total = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+    for (; i < k; i++) total += row[i] * row[i];
+    return total / (float)k;
+}
+
+void yaie_norm_quantize_rows(const float *x, const float *weight, float eps, int8_t *q, float *scale, int64_t m,
+                             int64_t k, int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t r = 0; r < m; r++) {
+        const float *row = x + r * k;
+        const float inv_rms = 1.f / sqrtf(mean_square(row, k) + eps);
+        float amax = 0.f;
+        for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(weight[i] * (row[i] * inv_rms)));
+        const float s = fmaxf(amax, 1e-12f) / 127.f;
+        scale[r] = s;
+        int8_t *out = q + r * k;
+        for (int64_t i = 0; i < k; i++) out[i] = (int8_t)nearbyintf(weight[i] * (row[i] * inv_rms) / s);
     }
 }
 
