@@ -82,6 +82,9 @@ class SchedulerConfig:
     max_num_prefill_tokens / `prefill_tokens_per_decode` requests decoding, the allowance is
     prefill_tokens_per_decode per decoding request instead: a step's decode work grows with them, so the same
     prompt chunk stretches it less (and queued prompts keep up with a large batch's turnover).
+    `prefill_context_cost_len`: under that allowance a prompt token starting at position P counts as
+    1 + P / prefill_context_cost_len tokens, because its attention reads all P before it: chunks deep into a long
+    prompt get smaller, so a step stays about as long at position 2,000 as at 0. None: every token counts 1.
 
     `queue_timeout_s`: a request still waiting (never scheduled, or preempted) after this long finishes
     with finish_reason "timeout". None disables it.
@@ -93,6 +96,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512
     max_num_prefill_tokens: int | None = None
     prefill_tokens_per_decode: int = 4
+    prefill_context_cost_len: int | None = 1024
     policy: Policy = "fcfs"
     queue_timeout_s: float | None = None
     max_queued_requests: int | None = None
@@ -105,6 +109,8 @@ class SchedulerConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.max_num_prefill_tokens is not None and self.max_num_prefill_tokens < 1:
             raise ValueError(f"max_num_prefill_tokens must be >= 1, got {self.max_num_prefill_tokens}")
+        if self.prefill_context_cost_len is not None and self.prefill_context_cost_len < 1:
+            raise ValueError(f"prefill_context_cost_len must be >= 1, got {self.prefill_context_cost_len}")
         if self.prefill_tokens_per_decode < 0:
             raise ValueError(f"prefill_tokens_per_decode must be >= 0, got {self.prefill_tokens_per_decode}")
         if self.policy not in ("fcfs", "priority"):

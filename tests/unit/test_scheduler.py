@@ -292,7 +292,8 @@ def test_prefill_tokens_are_capped_while_requests_decode(make_request) -> None:
 
 
 def test_prefill_allowance_grows_with_the_number_of_decoding_requests(make_request) -> None:
-    scheduler = make_scheduler(max_num_batched_tokens=64, max_num_prefill_tokens=4, prefill_tokens_per_decode=2)
+    scheduler = make_scheduler(max_num_batched_tokens=64, max_num_prefill_tokens=4, prefill_tokens_per_decode=2,
+                               prefill_context_cost_len=None)
     for i in range(3):
         scheduler.add_request(make_request(f"s{i}", seq(100 * (i + 1), 3), max_tokens=8))
     step(scheduler)  # the three prompts; nobody decoded yet
@@ -301,6 +302,34 @@ def test_prefill_allowance_grows_with_the_number_of_decoding_requests(make_reque
     assert chunks(output)[-1] == ("long", 0, 6)  # max(4, 2 x 3 decoding)
     output, _ = step(scheduler)
     assert chunks(output)[-1] == ("long", 6, 6)
+
+
+def test_prompt_chunks_shrink_with_the_context_they_attend_to(make_request) -> None:
+    scheduler = make_scheduler(num_blocks=64, max_num_batched_tokens=64, max_num_prefill_tokens=16,
+                               prefill_tokens_per_decode=0, prefill_context_cost_len=32)
+    scheduler.add_request(make_request("stream", 3, max_tokens=40))
+    step(scheduler)  # its prompt, alone: no cap
+    scheduler.add_request(make_request("long", seq(900, 120), max_tokens=1))
+    starts_and_sizes = []
+    for _ in range(6):
+        output, _ = step(scheduler)
+        starts_and_sizes.append(chunks(output)[-1][1:])
+    # each token from position P costs 1 + P / 32 of the 16-token allowance
+    assert starts_and_sizes == [(0, 16), (16, 10), (26, 8), (34, 7), (41, 7), (48, 6)]
+    scheduler = make_scheduler(num_blocks=64, max_num_batched_tokens=64, prefill_context_cost_len=32)
+    scheduler.add_request(make_request("alone", seq(900, 120), max_tokens=1))
+    output, _ = step(scheduler)
+    assert chunks(output) == [("alone", 0, 64)]  # nobody decodes: no cap, no context cost
+
+
+def test_a_prompt_deeper_than_its_allowance_still_advances(make_request) -> None:
+    scheduler = make_scheduler(num_blocks=64, max_num_batched_tokens=64, max_num_prefill_tokens=4,
+                               prefill_tokens_per_decode=0, prefill_context_cost_len=1)
+    scheduler.add_request(make_request("stream", 3, max_tokens=40))
+    step(scheduler)
+    scheduler.add_request(make_request("long", seq(900, 30), max_tokens=1))
+    sizes = [chunks(step(scheduler)[0])[-1][1:] for _ in range(4)]
+    assert sizes == [(0, 4), (4, 1), (5, 1), (6, 1)]  # from position 4 one token costs 5 > 4: one per step
 
 
 def test_stop_conditions(make_request) -> None:

@@ -13,6 +13,7 @@ an empty output it only reports `timed_out_requests`, so a caller may skip it an
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,19 +41,30 @@ class _Step:
 
     token_budget: int
     prefill_budget: int  # of token_budget, what chunks catching up more than one token (prompts) may take
+    context_cost_len: int | None = None  # None: a prompt token costs 1 of prefill_budget wherever it starts
     chunks: dict[str, ScheduledChunk] = field(default_factory=dict)
     preempted_request_ids: list[str] = field(default_factory=list)
 
-    def grant(self, num_uncomputed_tokens: int) -> int:
-        """Tokens a request with `num_uncomputed_tokens` left to compute may compute in this step."""
+    def grant(self, num_uncomputed_tokens: int, start_position: int) -> int:
+        """Tokens a request with `num_uncomputed_tokens` left to compute from `start_position` may compute."""
         num_tokens = min(num_uncomputed_tokens, self.token_budget)
-        return num_tokens if num_uncomputed_tokens == 1 else min(num_tokens, self.prefill_budget)
+        if num_uncomputed_tokens == 1:
+            return num_tokens
+        if self.prefill_budget <= 0:
+            return 0
+        # at least one token while any allowance is left: a prompt deep enough to cost more still advances
+        return min(num_tokens, max(1, int(self.prefill_budget / self._token_cost(start_position))))
 
-    def spend(self, num_tokens: int, is_prefill: bool) -> None:
+    def spend(self, num_tokens: int, start_position: int, is_prefill: bool) -> None:
         """Take a chunk's tokens from the budgets (negative: give a preempted chunk's tokens back)."""
         self.token_budget -= num_tokens
         if is_prefill:
-            self.prefill_budget -= num_tokens
+            self.prefill_budget -= math.ceil(num_tokens * self._token_cost(start_position))
+
+    def _token_cost(self, start_position: int) -> float:
+        """Prefill allowance one prompt token starting at `start_position` takes: 1 + start / context_cost_len
+        (its attention reads the whole context before it)."""
+        return 1.0 if self.context_cost_len is None else 1.0 + start_position / self.context_cost_len
 
 
 class Scheduler:
@@ -150,7 +162,10 @@ class Scheduler:
         """Decide this step's chunks. Counters are not advanced here (update() does that); a waiting request
         admitted with prefix hits starts with num_computed_tokens = its hit tokens."""
         timed_out_requests = self._expire_waiting()
-        step = _Step(self._config.max_num_batched_tokens, self._prefill_budget())
+        prefill_budget = self._prefill_budget()
+        capped = prefill_budget < self._config.max_num_batched_tokens
+        step = _Step(self._config.max_num_batched_tokens, prefill_budget,
+                     self._config.prefill_context_cost_len if capped else None)
         self._schedule_running(step)
         if not step.preempted_request_ids:
             self._schedule_waiting(step)
@@ -194,7 +209,7 @@ class Scheduler:
                 return
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this step
-            num_new_tokens = step.grant(request.num_tokens - request.num_computed_tokens)
+            num_new_tokens = step.grant(request.num_tokens - request.num_computed_tokens, request.num_computed_tokens)
             if num_new_tokens < 1:
                 continue
             if self._allocate_or_preempt(request, num_new_tokens, step):
@@ -217,7 +232,7 @@ class Scheduler:
         # (n siblings, or clients sharing a system prompt that arrive together) waits to hit it instead.
         pending_hashes = {h for r in self._running for h in self._kv.pending_block_hashes(r)}
         for request in self._waiting:
-            if step.token_budget == 0 or step.prefill_budget == 0:
+            if step.token_budget == 0 or step.prefill_budget <= 0:
                 return
             if self._kv.next_block_is_pending(request, pending_hashes):
                 continue
@@ -229,7 +244,7 @@ class Scheduler:
 
     def _admit(self, request: Request, step: _Step) -> bool:
         hit_blocks, num_hit_tokens = self._kv.get_computed_blocks(request)
-        num_new_tokens = step.grant(request.num_tokens - num_hit_tokens)
+        num_new_tokens = step.grant(request.num_tokens - num_hit_tokens, num_hit_tokens)
         while self._kv.allocate_slots(request, num_new_tokens, hit_blocks) is None:
             if not self._preempt_for(request, step):
                 return False
@@ -259,7 +274,8 @@ class Scheduler:
         self._running.remove(victim)
         chunk = step.chunks.pop(victim.request_id, None)
         if chunk is not None:
-            step.spend(-chunk.num_tokens, is_prefill=victim.num_tokens - chunk.start_position > 1)
+            step.spend(-chunk.num_tokens, chunk.start_position,
+                       is_prefill=victim.num_tokens - chunk.start_position > 1)
         self._kv.free(victim)
         victim.num_computed_tokens = 0
         victim.status = RequestStatus.PREEMPTED
@@ -278,7 +294,7 @@ class Scheduler:
             block_ids=self._kv.get_block_ids(request.request_id),
             needs_sample=end == request.num_tokens,
         )
-        step.spend(num_new_tokens, is_prefill=request.num_tokens - start > 1)
+        step.spend(num_new_tokens, start, is_prefill=request.num_tokens - start > 1)
 
     # -------------------------------------------------------------------------------------------- update
     def update(self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput) -> list[RequestUpdate]:

@@ -70,6 +70,10 @@ class ServeSettings(BaseModel):
         None, "While requests decode, prompt chunks take at most this many of a step's tokens, so a long "
               "prompt cannot stall running streams (default: 64 on CPU, the whole step budget on CUDA).",
         "scheduler.max_num_prefill_tokens", ge=1)
+    prefill_context_cost_len: int | None = _opt(
+        1024, "Under that cap a prompt token at position P counts as 1 + P / this many tokens (its attention reads "
+              "the whole context), so chunks deep into a long prompt shrink.",
+        "scheduler.prefill_context_cost_len", ge=1)
     policy: Policy = _opt("fcfs", "Scheduling policy (priority: lower `priority` value first).", "scheduler.policy")
     queue_timeout_s: float | None = _opt(None, "Seconds a request may wait in the queue before it fails "
                                                "(default: no limit).", "scheduler.queue_timeout_s",
@@ -139,7 +143,8 @@ class ServeSettings(BaseModel):
                               kv_cache_dtype=self.kv_cache_dtype),
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
-                                      max_num_prefill_tokens=self.max_num_prefill_tokens, policy=self.policy,
+                                      max_num_prefill_tokens=self.max_num_prefill_tokens,
+                                      prefill_context_cost_len=self.prefill_context_cost_len, policy=self.policy,
                                       queue_timeout_s=self.queue_timeout_s,
                                       max_queued_requests=self.max_queued_requests,
                                       max_queued_tokens=self.max_queued_tokens),
