@@ -59,7 +59,8 @@ class _Step:
         """Take a chunk's tokens from the budgets (negative: give a preempted chunk's tokens back)."""
         self.token_budget -= num_tokens
         if is_prefill:
-            self.prefill_budget -= math.ceil(num_tokens * self._token_cost(start_position))
+            cost = math.ceil(abs(num_tokens) * self._token_cost(start_position))
+            self.prefill_budget -= cost if num_tokens >= 0 else -cost
 
     def _token_cost(self, start_position: int) -> float:
         """Prefill allowance one prompt token starting at `start_position` takes: 1 + start / context_cost_len
