@@ -19,6 +19,7 @@ from yaie.config import CacheConfig, EngineConfig, ModelConfig, RunnerConfig, Sc
 from yaie.models.loader import load_checkpoint
 from yaie.models.registry import build_model
 from yaie.runner.model_runner import ModelRunner, kv_bytes_per_block
+from yaie.runner.onednn_linear import use_onednn_linears
 from yaie.runner.quantization import quantize_model
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     if config.model.quantization != "none":
         num_layers = quantize_model(model, config.model.quantization)
         logger.info("%s quantization: %d linear layers", config.model.quantization, num_layers)
+    elif device.type == "cpu" and dtype == torch.float32:
+        logger.info("float32 linears on oneDNN (pre-packed weights): %d layers", use_onednn_linears(model))
     kv_dtype = select_kv_dtype(config.cache, dtype, device)
     num_blocks = plan_num_blocks(config.cache, model, kv_dtype, device, max_model_len)
     runner = ModelRunner(model, num_blocks, config.cache.block_size, device, kv_dtype, seed=config.model.seed,
