@@ -128,11 +128,15 @@ class RunnerConfig:
     `fused_decode_max_batch`: with int4 weights on CPU, decode-only steps of up to this many sequences run as
     one fused C call (runner/fused_decode.py; 0: never; needs `cpu_attention_kernel`, whose kernel it uses).
     Measured faster than the PyTorch path below ~12.
+    `onednn_linear`: on CPU in float32, run the linears on oneDNN with pre-packed weights instead of MKL's sgemm
+    (runner/onednn_linear.py): ~1.5x the float32 throughput on AMD CPUs, but glibc keeps oneDNN's freed
+    temporaries, so a busy server's peak memory grows by ~250 MB; off by default.
     """
 
     num_threads: int | None = None
     cpu_attention_kernel: bool = True
     fused_decode_max_batch: int = 8
+    onednn_linear: bool = False
 
     def __post_init__(self) -> None:
         if self.fused_decode_max_batch < 0:

@@ -55,7 +55,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     if config.model.quantization != "none":
         num_layers = quantize_model(model, config.model.quantization)
         logger.info("%s quantization: %d linear layers", config.model.quantization, num_layers)
-    elif device.type == "cpu" and dtype == torch.float32:
+    elif config.runner.onednn_linear and device.type == "cpu" and dtype == torch.float32:
         logger.info("float32 linears on oneDNN (pre-packed weights): %d layers", use_onednn_linears(model))
     kv_dtype = select_kv_dtype(config.cache, dtype, device)
     num_blocks = plan_num_blocks(config.cache, model, kv_dtype, device, max_model_len)

@@ -101,6 +101,9 @@ class ServeSettings(BaseModel):
     fused_decode_max_batch: int = _opt(8, "With --quantization int4 on CPU, decode steps of up to this many "
                                           "sequences run as one fused C call (0: never).",
                                        "runner.fused_decode_max_batch", ge=0)
+    onednn_linear: bool = _opt(False, "On CPU in float32, run the linears on oneDNN with pre-packed weights "
+                                      "(~1.5x the throughput on AMD CPUs, ~250 MB more peak memory under load).",
+                               "runner.onednn_linear", flag="--onednn-linear")
     # server
     host: str = _opt("127.0.0.1", "Address to listen on.", "server.host")
     port: int = _opt(8000, "Port to listen on (0: any free port).", "server.port", ge=0, le=65535)
@@ -149,7 +152,8 @@ class ServeSettings(BaseModel):
                                       max_queued_requests=self.max_queued_requests,
                                       max_queued_tokens=self.max_queued_tokens),
             runner=RunnerConfig(num_threads=self.num_threads, cpu_attention_kernel=self.cpu_attention_kernel,
-                                fused_decode_max_batch=self.fused_decode_max_batch),
+                                fused_decode_max_batch=self.fused_decode_max_batch,
+                                onednn_linear=self.onednn_linear),
         )
 
     def embedding_config(self) -> EmbeddingConfig | None:
