@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from yaie.attention.cpu_kernel import load_c_library
+from yaie.attention.cpu_kernel import KV_DTYPES, load_c_library
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.quantization import Int4Linear
 
@@ -111,7 +111,7 @@ def _fits(model: LlamaForCausalLM, kv_caches: list[torch.Tensor]) -> bool:
     arch = model.arch
     if model.embed_tokens.weight.device.type != "cpu" or model.norm.weight.dtype != torch.float32:
         return False
-    if kv_caches[0].dtype not in (torch.float32, torch.float16):
+    if kv_caches[0].dtype not in KV_DTYPES:
         return False
     if arch.num_attention_heads % arch.num_key_value_heads or arch.num_attention_heads // arch.num_key_value_heads > 16:
         return False

@@ -77,7 +77,6 @@ class ModelRunner:
             logprobs[chunk_idx] = out.logprobs[row]
         return RunnerOutput(sampled, logprobs)
 
-
     def _forward(self, inputs: StepInputs) -> torch.Tensor:
         """Final hidden states [T, H]: the fused C step for a small decode-only batch, else the model."""
         decode, fused = inputs.attn.decode, self.fused_decoder

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from yaie.runner.quantization import replace_decoder_linears
+
 
 class OneDNNLinear(nn.Module):
     """Drop-in for a float32 CPU nn.Linear; the weight is held only in oneDNN's packed layout."""
@@ -27,17 +29,8 @@ class OneDNNLinear(nn.Module):
 
 
 def use_onednn_linears(model: nn.Module) -> int:
-    """Swap every float32 CPU nn.Linear of the model (the lm_head, often a view of the embedding, stays) for a
+    """Swap every nn.Linear of a float32 CPU model (the lm_head, often a view of the embedding, stays) for a
     OneDNNLinear; returns how many (0 where PyTorch was built without oneDNN)."""
     if not torch.backends.mkldnn.is_available():
         return 0
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear and name != "lm_head"
-        and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, OneDNNLinear(child))
-    return len(targets)
+    return replace_decoder_linears(model, OneDNNLinear)

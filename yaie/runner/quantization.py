@@ -203,7 +203,7 @@ def supports_int4(linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> bool:
 def quantize_int8(model: nn.Module) -> int:
     """int8 for every decoder nn.Linear and the lm_head, in place; returns how many layers were replaced.
     Each decoder layer's two RMSNorms move into the int8 projection they feed (QKV, gate/up)."""
-    num_replaced = _replace_decoder_linears(model, Int8Linear) + _swap_lm_head(model, Int8Linear)
+    num_replaced = replace_decoder_linears(model, Int8Linear) + _swap_lm_head(model, Int8Linear)
     for layer in getattr(model, "layers", []):
         _fuse_norm(layer, "input_layernorm", layer.self_attn.qkv_proj)
         _fuse_norm(layer, "post_attention_layernorm", layer.mlp.gate_up_proj)
@@ -226,7 +226,7 @@ def quantize_int4(model: nn.Module) -> int:
     def to_int4(linear: nn.Linear) -> nn.Module:
         return Int4Linear(linear) if supports_int4(linear) else Int8Linear(linear)
 
-    return _replace_decoder_linears(model, to_int4) + _swap_lm_head(model, _q8_block_linear)
+    return replace_decoder_linears(model, to_int4) + _swap_lm_head(model, _q8_block_linear)
 
 
 def quantize_model(model: nn.Module, scheme: str) -> int:
@@ -239,7 +239,8 @@ def quantize_model(model: nn.Module, scheme: str) -> int:
     return quantizers[scheme](model)
 
 
-def _replace_decoder_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+def replace_decoder_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every nn.Linear except the lm_head with `make(linear)`, in place; returns how many."""
     targets = [
         (parent, name, child)
         for parent in model.modules()
