@@ -18,7 +18,7 @@ from yaie import LLM, SamplingParams
 
 CATEGORIES = {
     "matmul": ("aten::mm", "aten::addmm", "aten::_int_mm", "aten::_weight_int4pack_mm", "aten::linear",
-               "aten::matmul", "q8_block_linear", "mkldnn::_linear_pointwise"),
+               "aten::matmul", "q8_block_linear", "int8_linear", "mkldnn::_linear_pointwise"),
     "fused decode step (C)": ("fused_decode_step",),
     "attention": ("paged_decode_attention_kernel", "aten::_scaled_dot_product", "aten::index_copy_",
                   "aten::index_select"),

@@ -69,9 +69,10 @@ DENORMAL_PROBE = """
 import torch
 from yaie.attention.cpu_kernel import load_decode_kernel
 from yaie.runner.fused_decode import load_fused_library
-from yaie.runner.quantization import load_int8_rows_kernel, load_q8_kernel
+from yaie.runner.quantization import load_int8_gemm_kernel, load_int8_rows_kernel, load_q8_kernel
 libraries = [load_decode_kernel(), load_fused_library(), load_int8_rows_kernel(), load_q8_kernel()]
 assert all(library is not None for library in libraries), libraries
+load_int8_gemm_kernel()  # None without AVX-512 VNNI; loaded (and so probed) where the CPU has it
 print((torch.tensor([1e-39]) * 2).item())
 """
 

@@ -14,6 +14,7 @@ from yaie.runner.quantization import (
     Int4Linear,
     Int8Linear,
     Q8BlockLinear,
+    load_int8_gemm_kernel,
     load_q8_kernel,
     quantize_int8,
     quantize_model,
@@ -31,17 +32,30 @@ def test_int8_linear_is_close_to_float() -> None:
         assert rel_err < 0.015
 
 
-def test_int8_linear_c_passes_match_the_pytorch_expression() -> None:
+def _int8_reference(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """W8A8 as plain PyTorch: per-channel weight codes, per-token activation codes, exact integer products."""
+    weight = linear.weight.detach()
+    w_scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # [out, 1]
+    w_q = torch.round(weight / w_scale).to(torch.int8)
+    x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # [T, 1]
+    x_q = torch.round(x / x_scale).to(torch.int8)
+    out = torch._int_mm(x_q, w_q.t().contiguous()).float() * x_scale * w_scale.t()
+    return out if linear.bias is None else out + linear.bias.detach()
+
+
+@pytest.mark.parametrize("out_features", [384, 390])  # 390: not a multiple of 16, so torch._int_mm takes it
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_kernels_match_the_pytorch_expression(out_features: int, bias: bool) -> None:
     torch.manual_seed(0)
-    linear = nn.Linear(256, 384, bias=True)
+    linear = nn.Linear(256, out_features, bias=bias)
     quantized = Int8Linear(linear)
     assert quantized._rows is not None  # gcc is part of the supported setup: the kernel must build
-    for num_tokens in (1, 7, 64):
+    vnni = load_int8_gemm_kernel() is not None
+    assert (quantized._gemm is not None) == (vnni and out_features % 16 == 0)
+    assert quantized.weight_t.numel() == (0 if quantized._gemm is not None else 256 * out_features)
+    for num_tokens in (0, 1, 7, 9, 64, 300):  # every tail of the 8-row micro-kernel
         x = torch.randn(num_tokens, 256) * torch.rand(num_tokens, 1) * 10
-        x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
-        x_q = torch.round(x / x_scale).to(torch.int8)
-        expected = torch._int_mm(x_q, quantized.weight_t).float() * x_scale * quantized.weight_scale + linear.bias
-        torch.testing.assert_close(quantized(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(quantized(x), _int8_reference(linear, x), rtol=1e-5, atol=1e-5)
 
 
 def test_int8_linear_with_a_fused_input_norm_matches_norm_then_linear() -> None:
@@ -51,15 +65,15 @@ def test_int8_linear_with_a_fused_input_norm_matches_norm_then_linear() -> None:
     linear = nn.Linear(256, 384, bias=False)
     fused, plain = Int8Linear(linear), Int8Linear(linear)
     fused.fuse_input_norm(norm)
-    assert fused._rows is not None
+    fallback = Int8Linear(linear, cpu_kernels=False)  # the PyTorch path (CUDA, no compiler)
+    fallback.fuse_input_norm(norm)
+    assert fused._rows is not None and fallback._rows is None and fallback._gemm is None
     for num_tokens in (1, 7, 64):
         x = torch.randn(num_tokens, 256) * torch.rand(num_tokens, 1) * 10
         expected = plain(norm(x))
         got = fused(x)  # the norm inside the C quantization pass
         assert ((got - expected).norm() / expected.norm()).item() < 1e-4
-        fused._rows = None  # and the PyTorch fallback (CUDA, no compiler)
-        torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
-        fused._rows = plain._rows
+        torch.testing.assert_close(fallback(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_int4_linear_reproduces_weights_already_on_a_4bit_grid() -> None:

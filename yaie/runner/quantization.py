@@ -1,8 +1,9 @@
 """Weight quantization applied at the runner's edge: the model code stays plain `nn.Linear`.
 
 int8 (W8A8): weights per output channel (symmetric), activations per token at run time (dynamic, symmetric),
-one int8 x int8 -> int32 matmul (`torch._int_mm`, VNNI/AMX where the CPU has them), rescaled to float. The
-fastest scheme once a step carries many tokens.
+one int8 x int8 -> int32 matmul rescaled to float: our AVX-512 VNNI kernel (csrc/int8_gemm.c, rescale fused,
+no per-call set-up) where the CPU has it, else `torch._int_mm`. The fastest scheme once a step carries many
+tokens.
 
 int4 (W4A16): weights in groups of 32 along the input dimension, asymmetric (scale and zero per group, the
 layout of GGUF Q4_1, so a Q4_1 checkpoint re-quantizes exactly), activations cast to bfloat16 for torch's packed
@@ -38,22 +39,36 @@ INT4_MAX_LEVEL = 15  # unsigned 4-bit levels 0..15; torch's kernel subtracts 8 b
 Q8_BLOCK = 32
 Q8_SOURCE = Path(__file__).parent / "csrc" / "q8_linear.c"
 INT8_ROWS_SOURCE = Path(__file__).parent / "csrc" / "int8_rows.c"
+INT8_GEMM_SOURCE = Path(__file__).parent / "csrc" / "int8_gemm.c"
+GEMM_TILE_N = 16  # int8_gemm.c packs output channels in tiles of 16
 
 
 class Int8Linear(nn.Module):
-    """Drop-in for nn.Linear with int8 weights ([out, in] -> stored transposed [in, out] for _int_mm)."""
+    """Drop-in for nn.Linear with int8 weights. On a CPU with AVX-512 VNNI the weights are packed once for our
+    matmul (csrc/int8_gemm.c, the rescale fused in); elsewhere they are stored transposed [in, out] for
+    torch._int_mm. `cpu_kernels=False` keeps the plain PyTorch expression (what CUDA runs)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, cpu_kernels: bool = True) -> None:
         super().__init__()
         weight = linear.weight.detach().float()  # [out, in]
         scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / INT8_MAX  # [out, 1]
         quantized = torch.round(weight / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-        self.register_buffer("weight_t", quantized.t().contiguous())  # [in, out] int8
         self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out] float32
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), False)
-        self.out_features = linear.out_features
+        self.out_features, self.in_features = linear.out_features, linear.in_features
         self.input_norm: RMSNorm | None = None
-        self._rows = load_int8_rows_kernel() if weight.device.type == "cpu" else None
+        on_cpu = cpu_kernels and weight.device.type == "cpu"
+        self._rows = load_int8_rows_kernel() if on_cpu else None
+        self._gemm = load_int8_gemm_kernel() if on_cpu and self._rows is not None else None
+        if self._gemm is not None and self.out_features % GEMM_TILE_N == 0 and self.in_features % 4 == 0:
+            self.register_buffer("weight_packed", torch.empty_like(quantized))  # [out, in] in the kernel's tiles
+            self.register_buffer("weight_colsum", torch.empty(self.out_features, dtype=torch.int32))  # 128 * sum
+            self._gemm.yaie_i8_pack(quantized.data_ptr(), self.out_features, self.in_features,
+                                    self.weight_packed.data_ptr(), self.weight_colsum.data_ptr())
+            quantized = quantized[:0]
+        else:
+            self._gemm = None
+        self.register_buffer("weight_t", quantized.t().contiguous())  # [in, out] int8 (empty when packed)
 
     def fuse_input_norm(self, norm: RMSNorm) -> None:
         """Take over the RMSNorm whose output is this layer's only input: forward then gets the norm's input,
@@ -62,8 +77,12 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in] float -> [T, out] float
+        if self._gemm is not None:
+            with torch.profiler.record_function("int8_linear"):
+                return self._forward_vnni(x.float().contiguous(), self._gemm)
         if self._rows is not None and x.dtype == torch.float32:
-            return self._forward_cpu(x.contiguous(), self._rows)
+            with torch.profiler.record_function("int8_linear"):
+                return self._forward_int_mm(x.contiguous())
         if self.input_norm is not None:
             x = self.input_norm(x)
         x_scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(INT8_MAX)  # [T, 1]
@@ -71,23 +90,40 @@ class Int8Linear(nn.Module):
         out = torch._int_mm(x_q, self.weight_t).float().mul_(x_scale).mul_(self.weight_scale)
         return out if self.bias is None else out.add_(self.bias)
 
-
-    def _forward_cpu(self, x: torch.Tensor, rows: ctypes.CDLL) -> torch.Tensor:
-        """The same arithmetic with the quantize and rescale passes in C (csrc/int8_rows.c)."""
-        num_tokens, num_threads = x.shape[0], torch.get_num_threads()
-        x_q = torch.empty(x.shape, dtype=torch.int8)
-        x_scale = torch.empty(num_tokens)
+    def _quantize(self, x: torch.Tensor, flip: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, in] float32 -> per-token codes [T, in] (int8, or + 128 as uint8 with flip=0x80) and scales [T]."""
+        rows, num_threads = self._rows, torch.get_num_threads()
+        codes = torch.empty(x.shape, dtype=torch.uint8 if flip else torch.int8)
+        x_scale = torch.empty(x.shape[0])
         if self.input_norm is None:
-            rows.yaie_quantize_rows(x.data_ptr(), x_q.data_ptr(), x_scale.data_ptr(), num_tokens, x.shape[1],
-                                    num_threads)
+            rows.yaie_quantize_rows(x.data_ptr(), codes.data_ptr(), x_scale.data_ptr(), x.shape[0], x.shape[1],
+                                    flip, num_threads)
         else:
             rows.yaie_norm_quantize_rows(x.data_ptr(), self.input_norm.weight.data_ptr(), self.input_norm.eps,
-                                         x_q.data_ptr(), x_scale.data_ptr(), num_tokens, x.shape[1], num_threads)
-        acc = torch._int_mm(x_q, self.weight_t)  # [T, out] int32
-        out = torch.empty(num_tokens, self.out_features)
+                                         codes.data_ptr(), x_scale.data_ptr(), x.shape[0], x.shape[1], flip,
+                                         num_threads)
+        return codes, x_scale
+
+    def _forward_vnni(self, x: torch.Tensor, gemm: ctypes.CDLL) -> torch.Tensor:
+        codes, x_scale = self._quantize(x, flip=0x80)
+        out = torch.empty(x.shape[0], self.out_features)
         bias = 0 if self.bias is None else self.bias.data_ptr()
-        rows.yaie_dequantize_rows(acc.data_ptr(), x_scale.data_ptr(), self.weight_scale.data_ptr(), bias,
-                                  out.data_ptr(), num_tokens, self.out_features, num_threads)
+        status = gemm.yaie_i8_gemm(codes.data_ptr(), x_scale.data_ptr(), self.weight_packed.data_ptr(),
+                                   self.weight_colsum.data_ptr(), self.weight_scale.data_ptr(), bias,
+                                   out.data_ptr(), self.out_features, x.shape[0], self.out_features,
+                                   self.in_features, 0, torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"int8 matmul kernel failed with status {status}")
+        return out
+
+    def _forward_int_mm(self, x: torch.Tensor) -> torch.Tensor:
+        """The same arithmetic with the quantize and rescale passes in C (csrc/int8_rows.c), oneDNN between."""
+        codes, x_scale = self._quantize(x, flip=0)
+        acc = torch._int_mm(codes, self.weight_t)  # [T, out] int32
+        out = torch.empty(x.shape[0], self.out_features)
+        bias = 0 if self.bias is None else self.bias.data_ptr()
+        self._rows.yaie_dequantize_rows(acc.data_ptr(), x_scale.data_ptr(), self.weight_scale.data_ptr(), bias,
+                                        out.data_ptr(), x.shape[0], self.out_features, torch.get_num_threads())
         return out
 
 
@@ -178,12 +214,26 @@ def load_int8_rows_kernel() -> ctypes.CDLL | None:
     lib = load_c_library(INT8_ROWS_SOURCE, "the int8 activation kernels")
     if lib is not None:
         lib.yaie_quantize_rows.restype = None
-        lib.yaie_quantize_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+        lib.yaie_quantize_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 2
         lib.yaie_norm_quantize_rows.restype = None
         lib.yaie_norm_quantize_rows.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
-                                                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+                                                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                                                ctypes.c_int]
         lib.yaie_dequantize_rows.restype = None
         lib.yaie_dequantize_rows.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    return lib
+
+
+@lru_cache(maxsize=1)
+def load_int8_gemm_kernel() -> ctypes.CDLL | None:
+    """Our int8 matmul (csrc/int8_gemm.c) when this CPU has AVX-512 VNNI and it builds, else None."""
+    lib = load_c_library(INT8_GEMM_SOURCE, "the int8 VNNI matmul", native=True)
+    if lib is None or not lib.yaie_i8_gemm_available():
+        return None
+    lib.yaie_i8_pack.restype = ctypes.c_int
+    lib.yaie_i8_pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    lib.yaie_i8_gemm.restype = ctypes.c_int
+    lib.yaie_i8_gemm.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
     return lib
 
 

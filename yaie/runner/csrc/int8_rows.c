@@ -1,7 +1,8 @@
 /* The element-wise ends of the int8 (W8A8) linear in one pass each, instead of ~10 PyTorch ops per layer:
  *
  * yaie_quantize_rows:   x [M, K] float32 -> q [M, K] int8, scale [M] float32, per row (token):
- *                       scale = max(max|x|, 1e-12) / 127, q = round-half-even(x / scale).
+ *                       scale = max(max|x|, 1e-12) / 127, q = round-half-even(x / scale); with `flip` = 0x80 the
+ *                       codes are stored as q + 128 in uint8 (what csrc/int8_gemm.c reads), with 0 as int8.
  * yaie_norm_quantize_rows: the same after an RMSNorm, y = weight * (x * 1 / sqrt(mean(x^2) + eps)), for a linear
  *                       whose only input is that norm's output (the norm is not written out).
  * yaie_dequantize_rows: acc [M, N] int32 (torch._int_mm's output) -> y [M, N] float32,
@@ -17,7 +18,7 @@
  * so fmaxf and nearbyintf become vector max and round instructions instead of libm calls per element. */
 #pragma GCC optimize("no-fast-math", "finite-math-only", "no-trapping-math", "no-signed-zeros")
 
-void yaie_quantize_rows(const float *x, int8_t *q, float *scale, int64_t m, int64_t k, int num_threads) {
+void yaie_quantize_rows(const float *x, uint8_t *q, float *scale, int64_t m, int64_t k, int flip, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
@@ -25,8 +26,8 @@ void yaie_quantize_rows(const float *x, int8_t *q, float *scale, int64_t m, int6
         for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(row[i]));
         const float s = fmaxf(amax, 1e-12f) / 127.f;
         scale[r] = s;
-        int8_t *out = q + r * k;
-        for (int64_t i = 0; i < k; i++) out[i] = (int8_t)nearbyintf(row[i] / s);
+        uint8_t *out = q + r * k;
+        for (int64_t i = 0; i < k; i++) out[i] = (uint8_t)(int8_t)nearbyintf(row[i] / s) ^ (uint8_t)flip;
     }
 }
 
@@ -41,8 +42,8 @@ static float mean_square(const float *row, int64_t k) {
     return total / (float)k;
 }
 
-void yaie_norm_quantize_rows(const float *x, const float *weight, float eps, int8_t *q, float *scale, int64_t m,
-                             int64_t k, int num_threads) {
+void yaie_norm_quantize_rows(const float *x, const float *weight, float eps, uint8_t *q, float *scale, int64_t m,
+                             int64_t k, int flip, int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
@@ -51,8 +52,9 @@ void yaie_norm_quantize_rows(const float *x, const float *weight, float eps, int
         for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(weight[i] * (row[i] * inv_rms)));
         const float s = fmaxf(amax, 1e-12f) / 127.f;
         scale[r] = s;
-        int8_t *out = q + r * k;
-        for (int64_t i = 0; i < k; i++) out[i] = (int8_t)nearbyintf(weight[i] * (row[i] * inv_rms) / s);
+        uint8_t *out = q + r * k;
+        for (int64_t i = 0; i < k; i++)
+            out[i] = (uint8_t)(int8_t)nearbyintf(weight[i] * (row[i] * inv_rms) / s) ^ (uint8_t)flip;
     }
 }
 
