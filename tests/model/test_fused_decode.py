@@ -8,6 +8,7 @@ slot, bias, q/k-norm or residual mistake in the C step shows up as a large error
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ import torch
 from torch import nn
 
 from yaie import LLM, SamplingParams
-from yaie.runner.fused_decode import FusedDecoder
+from yaie.runner.fused_decode import INT8_MAX_BATCH, FusedDecoder
 from yaie.runner.input_batch import StepInputs
 from yaie.runner.model_runner import ModelRunner
-from yaie.runner.quantization import Int4Linear
+from yaie.runner.quantization import Int4Linear, load_int8_gemm_kernel
 
 
 class _ActQuantLinear(nn.Linear):
@@ -62,13 +63,16 @@ class _Reference:
                 setattr(parent, name, original)
 
 
-def _record_decode_errors(llm: LLM) -> list[float]:
-    """Make every decode step run the fused step then the reference (which rewrites the step's K/V, so the
-    next step starts from reference K/V); returns each step's relative error of the fused hidden states."""
+def _record_decode_errors(llm: LLM, reference: Callable[[StepInputs], torch.Tensor] | None = None) -> list[float]:
+    """Make every decode step run the fused step then the reference (default: the dequantized int4 one; it
+    rewrites the step's K/V, so the next step starts from reference K/V); returns each step's relative error
+    of the fused hidden states."""
     runner = llm.engine.runner
     fused = runner.fused_decoder
     assert isinstance(fused, FusedDecoder)
-    reference = _Reference(runner.model)
+    if reference is None:
+        dequantized = _Reference(runner.model)
+        reference = lambda inputs: dequantized(runner, inputs)  # noqa: E731
     errors: list[float] = []
     original_forward = runner._forward
 
@@ -79,7 +83,7 @@ def _record_decode_errors(llm: LLM) -> list[float]:
         assert decode is not None
         hidden = fused(inputs.input_ids, inputs.positions, inputs.attn.slot_mapping, decode.block_table,
                        decode.context_lens)
-        expected = reference(runner, inputs)
+        expected = reference(inputs)
         errors.append(((hidden - expected).norm() / expected.norm()).item())
         return hidden
 
@@ -116,10 +120,12 @@ def test_fused_decode_covers_small_decode_batches_only(tiny_llama_dir: Path, mon
     assert calls == [2, 2, 1]  # the steps of 4 and 3 sequences took the PyTorch path
 
 
-def test_fused_decode_needs_int4_and_the_c_attention_kernel(tiny_llama_dir: Path) -> None:
-    for quantization in ("none", "int8"):
-        llm = LLM(str(tiny_llama_dir), num_blocks=32, quantization=quantization, fused_decode_max_batch=8)
-        assert llm.engine.runner.fused_decoder is None
+def test_fused_decode_needs_quantized_weights_and_the_c_attention_kernel(tiny_llama_dir: Path) -> None:
+    assert LLM(str(tiny_llama_dir), num_blocks=32, fused_decode_max_batch=8).engine.runner.fused_decoder is None
+    int8 = LLM(str(tiny_llama_dir), num_blocks=32, quantization="int8", fused_decode_max_batch=8).engine.runner
+    vnni = load_int8_gemm_kernel() is not None
+    assert (int8.fused_decoder is not None) == vnni  # int8 fuses where its VNNI matmul runs
+    assert int8.fused_decoder is None or int8.fused_decoder.max_batch == INT8_MAX_BATCH
     assert LLM(str(tiny_llama_dir), num_blocks=32, quantization="int4",
                fused_decode_max_batch=0).engine.runner.fused_decoder is None
     # the PyTorch reference attention was asked for: the fused step (which uses the C kernel) stays out
@@ -148,3 +154,19 @@ def test_default_model_int4_answers_through_the_fused_step() -> None:
     out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                    SamplingParams(temperature=0, max_tokens=24))[0].outputs[0]
     assert "Paris" in out.text
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_qwen3_dir"])
+def test_fused_int8_decode_matches_the_int8_pytorch_path(model_fixture: str, request: pytest.FixtureRequest) -> None:
+    """The int8 step uses the same packed weights, activation codes and matmul as the runner's Int8Linear."""
+    if load_int8_gemm_kernel() is None:
+        pytest.skip("no AVX-512 VNNI: int8 decode stays on the PyTorch path")
+    model_dir: Path = request.getfixturevalue(model_fixture)
+    llm = LLM(str(model_dir), num_blocks=64, block_size=4, quantization="int8", fused_decode_max_batch=8)
+    runner = llm.engine.runner
+    errors = _record_decode_errors(llm, lambda inputs: runner.model(inputs.input_ids, inputs.positions,
+                                                                    runner.kv_caches, inputs.attn))
+    prompts = [[5, 6, 7], list(range(10, 29)), [3] * 9]
+    llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+    assert len(errors) == 7
+    assert max(errors) < 1e-3, errors

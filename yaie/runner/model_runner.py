@@ -13,7 +13,7 @@ import torch
 
 from yaie.attention.cpu_kernel import KV_DTYPES, load_decode_kernel
 from yaie.models.llama import LlamaForCausalLM
-from yaie.runner.fused_decode import build_fused_decoder
+from yaie.runner.fused_decode import KIND_Q4_1, build_fused_decoder
 from yaie.runner.input_batch import StepInputs, prepare_inputs
 from yaie.runner.quantization import drop_q4_blocks
 from yaie.sampling.allowed_tokens import AllowedTokens, GrammarBitmask
@@ -51,7 +51,8 @@ class ModelRunner:
         if fused_decode_max_batch > 0 and self.decode_kernel is not None:  # it attends with the same C kernel
             self.fused_decoder = build_fused_decoder(model, self.kv_caches, block_size, fused_decode_max_batch)
         if self.fused_decoder is not None:
-            logger.info("decode steps of up to %d sequences: fused int4 C step", fused_decode_max_batch)
+            kind = "int4" if self.fused_decoder.weight_kind == KIND_Q4_1 else "int8"
+            logger.info("decode steps of up to %d sequences: fused %s C step", self.fused_decoder.max_batch, kind)
         else:
             drop_q4_blocks(model)
 

@@ -70,6 +70,11 @@ class Int8Linear(nn.Module):
             self._gemm = None
         self.register_buffer("weight_t", quantized.t().contiguous())  # [in, out] int8 (empty when packed)
 
+    @property
+    def is_packed(self) -> bool:
+        """True when the weights are in csrc/int8_gemm.c's packing (weight_packed, weight_colsum)."""
+        return self._gemm is not None
+
     def fuse_input_norm(self, norm: RMSNorm) -> None:
         """Take over the RMSNorm whose output is this layer's only input: forward then gets the norm's input,
         and on CPU the norm runs inside the activation-quantization pass (one pass over x instead of ~7 ops)."""

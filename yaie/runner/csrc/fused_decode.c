@@ -1,20 +1,29 @@
-/* A whole decode step of a Llama-family model with 4-bit weights, in one call: every layer's RMSNorm, fused QKV
+/* A whole decode step of a Llama-family model with 4-bit or int8 weights, in one call: every layer's RMSNorm, fused QKV
  * projection (+bias), optional per-head q/k RMSNorm, rotary embedding, K/V write into the paged cache, paged
  * attention (csrc/paged_attention.c), output projection, residuals and the SwiGLU MLP, then the final norm.
  *
  * Why: at batch 1 the PyTorch path spends more time issuing ~30 small ops per layer than computing; here one
  * OpenMP team runs the step with one barrier per phase.
  *
- * Weights (`q4_weight`, [N, K], K a multiple of 32): GGUF Q4_1 blocks of 32 along K, w = d * q + m with q in
- * 0..15; a block is 20 bytes: d and m as float16, then 16 bytes whose byte j = q[j] | q[j + 16] << 4.
- * Activations are quantized per group of 32 to int8 (scale = max|a| / 127), as llama.cpp does for Q4_1 x Q8_1,
- * and the dot product runs on bytes (AVX-VNNI when the CPU has it, else AVX2 maddubs).
+ * Weights ([N, K]) come in one of two kinds for the whole model (model_desc.weight_kind):
+ * - KIND_Q4_1 (K a multiple of 32): GGUF Q4_1 blocks of 32 along K, w = d * q + m with q in 0..15; a block is
+ *   20 bytes: d and m as float16, then 16 bytes whose byte j = q[j] | q[j + 16] << 4. Activations are quantized
+ *   per group of 32 to int8 (scale = max|a| / 127), as llama.cpp does for Q4_1 x Q8_1, and the dot product runs
+ *   on bytes (AVX-VNNI when the CPU has it, else AVX2 maddubs).
+ * - KIND_INT8: per-output-channel int8 packed for csrc/int8_gemm.c (AVX-512 VNNI builds only), activations
+ *   quantized per token (scale = max|a| / 127): the arithmetic of the runner's Int8Linear.
+ *
+ * Scratch memory is the caller's (yaie_fused_workspace_bytes), allocated once: a step allocates nothing large.
  *
  * x [B, H] float32 holds the token embeddings on entry and the final-normed hidden states on return.
  * positions, slots [B]; block_table [B, max_blocks]; context_lens [B] (= position + 1). */
 #include "../../attention/csrc/paged_attention.c"
+#include "int8_gemm.c"
 
 #include <omp.h>
+
+#define KIND_Q4_1 0
+#define KIND_INT8 1
 
 #define QK 32
 #define TILE_B 8
@@ -25,28 +34,32 @@ typedef struct {
 } block_q4_1;
 
 typedef struct {
-    const block_q4_1 *blocks; /* [N, K / 32] */
-    const float *bias;        /* [N] or NULL */
+    const block_q4_1 *blocks; /* KIND_Q4_1: [N, K / 32] */
+    const int8_t *packed;     /* KIND_INT8: int8_gemm.c's packing, with its wsum [N] and w_scale [N] */
+    const int32_t *wsum;
+    const float *w_scale;
+    const float *bias; /* [N] or NULL */
     int64_t n, k;
-} q4_weight;
+} weight_desc;
 
 typedef struct {
     const float *input_norm, *post_norm; /* [H] */
     const float *q_norm, *k_norm;        /* [D] or NULL */
-    q4_weight qkv, o, gate_up, down;
+    weight_desc qkv, o, gate_up, down;
     void *k_cache, *v_cache; /* [S, Hkv, D] float32 or float16 */
 } layer_desc;
 
 typedef struct {
     int64_t num_layers, hidden, num_heads, num_kv_heads, head_dim, intermediate;
     float eps, scale;
-    int64_t block_size, kv_is_f16;
+    int64_t block_size, kv_is_f16, weight_kind;
     const float *cos, *sin; /* [max_position, D] */
     const float *final_norm;
     const layer_desc *layers;
 } model_desc;
 
-/* Activations of B rows of K elements quantized per group: q [B, K] int8, d and dsum (= d * sum q) [B, K/32]. */
+/* Activations of B rows of K elements. KIND_Q4_1, per group: q [B, K] int8, d and dsum (= d * sum q) [B, K/32].
+ * KIND_INT8, per row: q [B, K] codes + 128 as uint8 (int8_gemm.c's input), d [B] scales. */
 typedef struct {
     int8_t *q;
     float *d, *dsum;
@@ -89,6 +102,16 @@ static void quantize_row(const float *x, int64_t k, int8_t *q, float *d, float *
         d[g] = scale;
         dsum[g] = scale * (float)sum;
     }
+}
+
+/* Exact IEEE division and round-half-even, as csrc/int8_rows.c (and so Int8Linear) computes the codes. */
+__attribute__((optimize("no-fast-math", "finite-math-only", "no-trapping-math", "no-signed-zeros")))
+static void quantize_token(const float *x, int64_t k, uint8_t *q, float *scale) {
+    float amax = 0.f;
+    for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float s = fmaxf(amax, 1e-12f) / 127.f;
+    for (int64_t i = 0; i < k; i++) q[i] = (uint8_t)(int8_t)nearbyintf(x[i] / s) ^ 0x80;
+    *scale = s;
 }
 
 static inline void store_out(float *out, float v, int accumulate) { *out = accumulate ? *out + v : v; }
@@ -137,7 +160,7 @@ static inline __attribute__((always_inline)) void q4_dot_tile(const block_q4_1 *
 }
 
 /* y[b, n] (+)= W[n] . a[b] + bias[n] for rows n in [n0, n1) and every b < B (y row stride ldy). */
-static void q4_rows(const q4_weight *w, const q8_act *a, int64_t B, int64_t n0, int64_t n1, float *y, int64_t ldy,
+static void q4_rows(const weight_desc *w, const q8_act *a, int64_t B, int64_t n0, int64_t n1, float *y, int64_t ldy,
                     int accumulate) {
     const int64_t ng = w->k / QK;
     float sums[TILE_B];
@@ -166,13 +189,28 @@ static void q4_rows(const q4_weight *w, const q8_act *a, int64_t B, int64_t n0, 
 }
 
 /* Inside a parallel region: this thread's share of the rows, then a barrier (end of omp for). */
-static void q4_matmul(const q4_weight *w, const q8_act *a, int64_t B, float *y, int64_t ldy, int accumulate) {
+static void q4_matmul(const weight_desc *w, const q8_act *a, int64_t B, float *y, int64_t ldy, int accumulate) {
     const int64_t num_chunks = (w->n + 15) / 16;
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < num_chunks; c++) {
         const int64_t n1 = (c + 1) * 16 < w->n ? (c + 1) * 16 : w->n;
         q4_rows(w, a, B, c * 16, n1, y, ldy, accumulate);
     }
+}
+
+/* y (+)= W a for B rows in the model's weight kind; inside a parallel region, ends on a barrier. */
+static void matmul(int64_t kind, const weight_desc *w, const q8_act *a, int64_t B, float *y, int64_t ldy,
+                   int accumulate) {
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+    if (kind == KIND_INT8) {
+        const i8_gemm_args g = {(const uint8_t *)a->q, a->d, w->packed, w->wsum, w->w_scale, w->bias, y, ldy, B,
+                                w->n, w->k, accumulate};
+        i8_gemm_team(&g);
+        return;
+    }
+#endif
+    (void)kind;
+    q4_matmul(w, a, B, y, ldy, accumulate);
 }
 
 static void rms_norm(const float *x, const float *weight, int64_t n, float eps, float *out) {
@@ -182,9 +220,9 @@ static void rms_norm(const float *x, const float *weight, int64_t n, float eps, 
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * inv * weight[i];
 }
 
-/* Normalize (optional) and quantize each of B rows: x [B, K] -> a. */
-static void norm_quantize(const float *x, const float *weight, int64_t B, int64_t k, float eps, float *tmp,
-                          q8_act *a) {
+/* Normalize (optional) and quantize each of B rows for the weight kind: x [B, K] -> a. */
+static void norm_quantize(int64_t kind, const float *x, const float *weight, int64_t B, int64_t k, float eps,
+                          float *tmp, q8_act *a) {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; b++) {
         const float *row = x + b * k;
@@ -192,7 +230,8 @@ static void norm_quantize(const float *x, const float *weight, int64_t B, int64_
             rms_norm(row, weight, k, eps, tmp + b * k);
             row = tmp + b * k;
         }
-        quantize_row(row, k, a->q + b * k, a->d + b * (k / QK), a->dsum + b * (k / QK));
+        if (kind == KIND_INT8) quantize_token(row, k, (uint8_t *)a->q + b * k, a->d + b);
+        else quantize_row(row, k, a->q + b * k, a->d + b * (k / QK), a->dsum + b * (k / QK));
     }
 }
 
@@ -231,52 +270,101 @@ static void position_and_store(const model_desc *m, const layer_desc *l, float *
 
 static float silu(float g) { return g / (1.f + expf(-g)); }
 
+/* The step's scratch, carved from one caller-owned buffer (64-byte aligned pieces). */
+typedef struct {
+    float *tmp, *qkv, *attn, *gu;
+    q8_act a;
+} workspace;
+
+static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+/* Lays the pieces out from `base` (NULL: only sizes them); returns the bytes needed for B rows. */
+static int64_t carve(const model_desc *m, int64_t B, char *base, workspace *w) {
+    const int64_t H = m->hidden, Hq = m->num_heads, D = m->head_dim, I = m->intermediate;
+    const int64_t qkv_dim = (Hq + 2 * m->num_kv_heads) * D, kmax = max3(H, Hq * D, I);
+    const int64_t sizes[7] = {4 * B * (kmax > qkv_dim ? kmax : qkv_dim), 4 * B * qkv_dim, 4 * B * Hq * D,
+                              4 * B * 2 * I, B * kmax, 4 * B * (kmax / QK + 1), 4 * B * (kmax / QK + 1)};
+    void *parts[7];
+    int64_t offset = 0;
+    for (int i = 0; i < 7; i++) {
+        parts[i] = base ? base + offset : NULL;
+        offset += (sizes[i] + 63) / 64 * 64;
+    }
+    *w = (workspace){parts[0], parts[1], parts[2], parts[3], {parts[4], parts[5], parts[6]}};
+    return offset;
+}
+
+int64_t yaie_fused_workspace_bytes(const model_desc *m, int64_t B) {
+    workspace w;
+    return carve(m, B, NULL, &w);
+}
+
+/* Attention for every sequence: whole sequences per task when there are enough to share out (each K/V row
+ * then read as one slice of all kv heads), else one task per (sequence, kv head). `scores` is this thread's. */
+static void attend_all(const model_desc *m, const layer_desc *l, const float *qkv, float *attn, int64_t B,
+                       const int64_t *block_table, int64_t max_blocks, const int64_t *context_lens, int num_kv,
+                       float *scores) {
+    const int64_t D = m->head_dim, Hq = m->num_heads, Hkv = m->num_kv_heads, group = Hq / Hkv;
+    const int64_t qkv_dim = (Hq + 2 * Hkv) * D, tasks_per_seq = Hkv / num_kv;
+    const attend_fn attend_one = pick_attend((int)D, (int)m->kv_is_f16);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < B * tasks_per_seq; task++) {
+        const int64_t b = task / tasks_per_seq, h = task % tasks_per_seq * num_kv;
+        attend_one(qkv + b * qkv_dim + h * group * D, l->k_cache, l->v_cache, block_table + b * max_blocks,
+                   context_lens[b], (int)group, (int)Hkv, (int)D, (int)m->block_size, (int)h, num_kv, m->scale,
+                   scores, attn + (b * Hq + h * group) * D);
+    }
+}
+
+/* One decoder layer for B tokens, inside the parallel region: x [B, H] updated in place. */
+static void decoder_layer(const model_desc *m, const layer_desc *l, float *x, int64_t B, const int64_t *positions,
+                          const int64_t *slots, const int64_t *block_table, int64_t max_blocks,
+                          const int64_t *context_lens, const workspace *w, int num_kv, float *scores) {
+    const int64_t H = m->hidden, D = m->head_dim, Hq = m->num_heads, I = m->intermediate, kind = m->weight_kind;
+    const int64_t qkv_dim = (Hq + 2 * m->num_kv_heads) * D;
+    q8_act a = w->a;
+    norm_quantize(kind, x, l->input_norm, B, H, m->eps, w->tmp, &a);
+    matmul(kind, &l->qkv, &a, B, w->qkv, qkv_dim, 0);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++) position_and_store(m, l, w->qkv + b * qkv_dim, positions[b], slots[b]);
+    attend_all(m, l, w->qkv, w->attn, B, block_table, max_blocks, context_lens, num_kv, scores);
+    norm_quantize(kind, w->attn, NULL, B, Hq * D, m->eps, w->tmp, &a);
+    matmul(kind, &l->o, &a, B, x, H, 1);
+    norm_quantize(kind, x, l->post_norm, B, H, m->eps, w->tmp, &a);
+    matmul(kind, &l->gate_up, &a, B, w->gu, 2 * I, 0);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < I; i++) w->tmp[b * I + i] = silu(w->gu[b * 2 * I + i]) * w->gu[b * 2 * I + I + i];
+    norm_quantize(kind, w->tmp, NULL, B, I, m->eps, w->tmp, &a);
+    matmul(kind, &l->down, &a, B, x, H, 1);
+}
+
+/* Returns 0; -1 for a model shape or weight kind this build cannot run; -2 when out of memory; -3 when the
+ * workspace is smaller than yaie_fused_workspace_bytes(m, B). */
 int yaie_fused_decode(const model_desc *m, float *x, int64_t B, const int64_t *positions, const int64_t *slots,
-                      const int64_t *block_table, int64_t max_blocks, const int64_t *context_lens, int num_threads) {
+                      const int64_t *block_table, int64_t max_blocks, const int64_t *context_lens, void *scratch,
+                      int64_t scratch_bytes, int num_threads) {
     const int64_t H = m->hidden, D = m->head_dim, Hq = m->num_heads, Hkv = m->num_kv_heads, I = m->intermediate;
-    const int64_t qkv_dim = (Hq + 2 * Hkv) * D, group = Hq / Hkv;
-    const int64_t kmax = I > H ? (I > Hq * D ? I : Hq * D) : (H > Hq * D ? H : Hq * D);
-    if (group > MAX_GROUP || group * Hkv != Hq || H % QK || (Hq * D) % QK || I % QK) return -1;
+    const int64_t group = Hq / Hkv;
+    if (group > MAX_GROUP || group * Hkv != Hq) return -1;
+    if (m->weight_kind == KIND_Q4_1 && (H % QK || (Hq * D) % QK || I % QK)) return -1;
+    if (m->weight_kind == KIND_INT8 && !yaie_i8_gemm_available()) return -1;
+    workspace w;
+    if (carve(m, B, (char *)scratch, &w) > scratch_bytes) return -3;
     int64_t max_ctx = 1;
     for (int64_t b = 0; b < B; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
-    float *tmp = malloc(sizeof(float) * B * (kmax > qkv_dim ? kmax : qkv_dim));
-    float *qkv = malloc(sizeof(float) * B * qkv_dim), *attn = malloc(sizeof(float) * B * Hq * D);
-    float *gu = malloc(sizeof(float) * B * 2 * I);
-    q8_act a = {malloc(B * kmax), malloc(sizeof(float) * B * kmax / QK), malloc(sizeof(float) * B * kmax / QK)};
-    float *scores_all = malloc(sizeof(float) * num_threads * group * max_ctx);
-    const int failed = !tmp || !qkv || !attn || !gu || !a.q || !a.d || !a.dsum || !scores_all;
-    const attend_fn attend_one = pick_attend((int)D, (int)m->kv_is_f16);
-    if (!failed) {
+    const int num_kv = B >= 4 * num_threads && Hkv * D <= MAX_WIDTH ? (int)Hkv : 1;
+    float *scores_all = malloc(sizeof(float) * num_threads * num_kv * group * max_ctx);
+    if (!scores_all) return -2;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = scores_all + omp_get_thread_num() * group * max_ctx;
-        for (int64_t li = 0; li < m->num_layers; li++) {
-            const layer_desc *l = &m->layers[li];
-            norm_quantize(x, l->input_norm, B, H, m->eps, tmp, &a);
-            q4_matmul(&l->qkv, &a, B, qkv, qkv_dim, 0);
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < B; b++) position_and_store(m, l, qkv + b * qkv_dim, positions[b], slots[b]);
-#pragma omp for schedule(dynamic, 1) collapse(2)
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t h = 0; h < Hkv; h++)
-                    attend_one(qkv + b * qkv_dim + h * group * D, l->k_cache, l->v_cache,
-                               block_table + b * max_blocks, context_lens[b], (int)group, (int)Hkv, (int)D,
-                               (int)m->block_size, (int)h, 1, m->scale, scores, attn + (b * Hq + h * group) * D);
-            norm_quantize(attn, NULL, B, Hq * D, m->eps, tmp, &a);
-            q4_matmul(&l->o, &a, B, x, H, 1);
-            norm_quantize(x, l->post_norm, B, H, m->eps, tmp, &a);
-            q4_matmul(&l->gate_up, &a, B, gu, 2 * I, 0);
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t i = 0; i < I; i++) tmp[b * I + i] = silu(gu[b * 2 * I + i]) * gu[b * 2 * I + I + i];
-            norm_quantize(tmp, NULL, B, I, m->eps, tmp, &a);
-            q4_matmul(&l->down, &a, B, x, H, 1);
-        }
+        float *scores = scores_all + omp_get_thread_num() * num_kv * group * max_ctx;
+        for (int64_t li = 0; li < m->num_layers; li++)
+            decoder_layer(m, &m->layers[li], x, B, positions, slots, block_table, max_blocks, context_lens, &w,
+                          num_kv, scores);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) rms_norm(x + b * H, m->final_norm, H, m->eps, x + b * H);
     }
-    }
     free(scores_all);
-    free(tmp); free(qkv); free(attn); free(gu); free(a.q); free(a.d); free(a.dsum);
-    return failed ? -2 : 0;
+    return 0;
 }
