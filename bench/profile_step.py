@@ -3,7 +3,8 @@
     .venv/bin/python bench/profile_step.py --batch 32 --context 320 [--quantization int8] [--num-threads 2]
 
 Fills `batch` requests to `context` tokens, then profiles `--steps` pure-decode engine steps with the torch
-profiler. "overhead" is the step's wall time not spent inside a torch op or the attention kernel.
+profiler. "overhead" is the step's wall time not spent inside a torch op or one of our kernels. When the step
+runs fused in C (int4, int8), the fused step's own phase timers split it into matmuls, attention and the rest.
 """
 
 from __future__ import annotations
@@ -53,12 +54,20 @@ def main() -> None:
     for _ in range(args.steps):
         engine.step()
     step_ms = (time.perf_counter() - started) / args.steps * 1000
+    fused = engine.runner.fused_decoder
+    if fused is not None:
+        fused.time_phases(True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         wall = time.perf_counter()
         for _ in range(args.steps):
             engine.step()
         prof_step_ms = (time.perf_counter() - wall) / args.steps * 1000
     report(prof, step_ms, prof_step_ms, args)
+    if fused is not None:
+        print("inside the fused decode step (its own phase timers):")
+        for name, seconds in fused.phase_seconds().items():
+            ms = seconds * 1000 / args.steps
+            print(f"  {name:<26}{ms:>8.1f}{ms / prof_step_ms:>9.0%}")
 
 
 def report(prof: profile, step_ms: float, prof_step_ms: float, args: argparse.Namespace) -> None:

@@ -44,8 +44,8 @@ def num_threads(request: pytest.FixtureRequest) -> Iterator[int]:
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize(("head_dim", "num_heads", "num_kv_heads", "block_size"),
-                         [(64, 9, 3, 16), (128, 8, 2, 16), (80, 4, 4, 5), (36, 6, 2, 16)],
-                         ids=["d64-gqa3", "d128-gqa4", "d80-mha-bs5", "d36-scalar"])
+                         [(64, 9, 3, 16), (128, 8, 2, 16), (64, 12, 2, 8), (80, 4, 4, 5), (36, 6, 2, 16)],
+                         ids=["d64-gqa3", "d128-gqa4", "d64-gqa6-bs8", "d80-mha-bs5", "d36-scalar"])
 def test_matches_softmax_attention(kv_dtype: torch.dtype, head_dim: int, num_heads: int, num_kv_heads: int,
                                    block_size: int, num_threads: int) -> None:
     kernel = load_decode_kernel()

@@ -32,6 +32,7 @@ DEFAULT_MAX_BATCH = 8
 INT8_MAX_BATCH = 256  # int8 decode steps of up to this many sequences are fused whenever fusing is on
 Q4_1_BLOCK_BYTES = 20  # float16 scale, float16 min, 16 bytes of 32 levels
 KIND_Q4_1, KIND_INT8 = 0, 1  # csrc/fused_decode.c's weight kinds
+PHASES = ("norms, quantization, SiLU", "matmuls", "rotary + K/V write", "attention")  # its phase order
 
 
 class _Weight(ctypes.Structure):
@@ -51,7 +52,8 @@ class _ModelDesc(ctypes.Structure):
                 ("num_kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("intermediate", ctypes.c_int64),
                 ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("block_size", ctypes.c_int64),
                 ("kv_is_f16", ctypes.c_int64), ("weight_kind", ctypes.c_int64), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
-                ("final_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_LayerDesc))]
+                ("final_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_LayerDesc)),
+                ("phase_seconds", ctypes.c_void_p)]
 
 
 class FusedDecoder:
@@ -76,10 +78,22 @@ class FusedDecoder:
             model.rotary.sin_cached.data_ptr(), model.norm.weight.data_ptr(), layers,
         )
         self._layers = layers  # the array the descriptor points into
+        self._phase_seconds: torch.Tensor | None = None
         # One scratch buffer for every step (zeroed, so its pages are mapped now rather than on a step's time).
         self._scratch = torch.zeros(lib.yaie_fused_workspace_bytes(ctypes.byref(self._desc), max_batch),
                                     dtype=torch.uint8)
         self._fn = lib.yaie_fused_decode
+
+    def time_phases(self, enabled: bool) -> None:
+        """Start (zeroed) or stop adding each phase's wall time up; see `phase_seconds`."""
+        self._phase_seconds = torch.zeros(len(PHASES), dtype=torch.float64) if enabled else None
+        self._desc.phase_seconds = 0 if self._phase_seconds is None else self._phase_seconds.data_ptr()
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds spent in each phase (PHASES) of the steps since `time_phases(True)`."""
+        if self._phase_seconds is None:
+            return {}
+        return dict(zip(PHASES, self._phase_seconds.tolist(), strict=True))
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
                  block_table: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,18 @@ typedef struct {
     const float *cos, *sin; /* [max_position, D] */
     const float *final_norm;
     const layer_desc *layers;
+    double *phase_seconds; /* NULL, or [NUM_PHASES] seconds that thread 0 adds each phase's wall time to */
 } model_desc;
+
+enum { PHASE_ELEMENTWISE, PHASE_MATMUL, PHASE_ROPE_KV, PHASE_ATTENTION, NUM_PHASES };
+
+/* After a phase's closing barrier: charge the time since the last mark to `phase` (profiling only). */
+static inline void mark_phase(const model_desc *m, int phase, double *last) {
+    if (!m->phase_seconds || omp_get_thread_num() != 0) return;
+    const double now = omp_get_wtime();
+    m->phase_seconds[phase] += now - *last;
+    *last = now;
+}
 
 /* Activations of B rows of K elements. KIND_Q4_1, per group: q [B, K] int8, d and dsum (= d * sum q) [B, K/32].
  * KIND_INT8, per row: q [B, K] codes + 128 as uint8 (int8_gemm.c's input), d [B] scales. */
@@ -323,20 +334,31 @@ static void decoder_layer(const model_desc *m, const layer_desc *l, float *x, in
     const int64_t H = m->hidden, D = m->head_dim, Hq = m->num_heads, I = m->intermediate, kind = m->weight_kind;
     const int64_t qkv_dim = (Hq + 2 * m->num_kv_heads) * D;
     q8_act a = w->a;
+    double mark = m->phase_seconds ? omp_get_wtime() : 0.;
     norm_quantize(kind, x, l->input_norm, B, H, m->eps, w->tmp, &a);
+    mark_phase(m, PHASE_ELEMENTWISE, &mark);
     matmul(kind, &l->qkv, &a, B, w->qkv, qkv_dim, 0);
+    mark_phase(m, PHASE_MATMUL, &mark);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; b++) position_and_store(m, l, w->qkv + b * qkv_dim, positions[b], slots[b]);
+    mark_phase(m, PHASE_ROPE_KV, &mark);
     attend_all(m, l, w->qkv, w->attn, B, block_table, max_blocks, context_lens, num_kv, scores);
+    mark_phase(m, PHASE_ATTENTION, &mark);
     norm_quantize(kind, w->attn, NULL, B, Hq * D, m->eps, w->tmp, &a);
+    mark_phase(m, PHASE_ELEMENTWISE, &mark);
     matmul(kind, &l->o, &a, B, x, H, 1);
+    mark_phase(m, PHASE_MATMUL, &mark);
     norm_quantize(kind, x, l->post_norm, B, H, m->eps, w->tmp, &a);
+    mark_phase(m, PHASE_ELEMENTWISE, &mark);
     matmul(kind, &l->gate_up, &a, B, w->gu, 2 * I, 0);
+    mark_phase(m, PHASE_MATMUL, &mark);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < I; i++) w->tmp[b * I + i] = silu(w->gu[b * 2 * I + i]) * w->gu[b * 2 * I + I + i];
     norm_quantize(kind, w->tmp, NULL, B, I, m->eps, w->tmp, &a);
+    mark_phase(m, PHASE_ELEMENTWISE, &mark);
     matmul(kind, &l->down, &a, B, x, H, 1);
+    mark_phase(m, PHASE_MATMUL, &mark);
 }
 
 /* Returns 0; -1 for a model shape or weight kind this build cannot run; -2 when out of memory; -3 when the
