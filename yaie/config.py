@@ -127,7 +127,8 @@ class RunnerConfig:
     (False: the PyTorch gather + SDPA reference path, which CUDA always uses).
     `fused_decode_max_batch`: with int4 weights on CPU, decode-only steps of up to this many sequences run as
     one fused C call (runner/fused_decode.py; 0: never; needs `cpu_attention_kernel`, whose kernel it uses).
-    Measured faster than the PyTorch path below ~12.
+    Measured faster than the PyTorch path below ~12. int8 weights on a CPU with AVX-512 VNNI fuse decode-only
+    steps of up to max(this, 256) sequences (faster at every batch size); 0 turns that off too.
     `onednn_linear`: on CPU in float32, run the linears on oneDNN with pre-packed weights instead of MKL's sgemm
     (runner/onednn_linear.py): ~1.5x the float32 throughput on AMD CPUs, but glibc keeps oneDNN's freed
     temporaries, so a busy server's peak memory grows by ~250 MB; off by default.

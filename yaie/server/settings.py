@@ -99,7 +99,8 @@ class ServeSettings(BaseModel):
                                             "(off: the PyTorch gather path).", "runner.cpu_attention_kernel",
                                       flag="--cpu-attention-kernel")
     fused_decode_max_batch: int = _opt(8, "With --quantization int4 on CPU, decode steps of up to this many "
-                                          "sequences run as one fused C call (0: never).",
+                                          "sequences run as one fused C call (int8 on AVX-512 VNNI CPUs: up to "
+                                          "max(this, 256); 0: never).",
                                        "runner.fused_decode_max_batch", ge=0)
     onednn_linear: bool = _opt(False, "On CPU in float32, run the linears on oneDNN with pre-packed weights "
                                       "(~1.5x the throughput on AMD CPUs, ~250 MB more peak memory under load).",
