@@ -23,6 +23,14 @@ class StepInputs:
     attn: AttentionMetadata
     logits_indices: torch.Tensor  # [N] rows of the hidden states to turn into logits
     sample_chunk_indices: list[int]  # [N] scheduler chunk index of each logits row
+    seq_of_token: torch.Tensor  # [T] runner-order sequence of each token (a row of block_table), host
+    block_table: torch.Tensor  # [B, max_blocks] every sequence's blocks in runner order, host
+
+    def token_block_table(self) -> torch.Tensor:
+        """[T, max_blocks]: each token's sequence's block-table row (a prompt token then reads like a decode)."""
+        if self.attn.prefill is None:
+            return self.block_table
+        return self.block_table.index_select(0, self.seq_of_token)
 
 
 def prepare_inputs(
@@ -67,6 +75,8 @@ def prepare_inputs(
         attn=attn,
         logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=device),
         sample_chunk_indices=sample_chunks,
+        seq_of_token=seq_t,
+        block_table=block_table,
     )
 
 
