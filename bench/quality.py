@@ -26,6 +26,7 @@ from yaie import LLM, SamplingParams
 from yaie.runner.fused_decode import FusedDecoder, build_fused_decoder
 from yaie.runner.input_batch import prepare_inputs
 from yaie.runner.model_runner import ModelRunner, allocate_kv_caches
+from yaie.runner.standalone import run_prompt
 from yaie.scheduler.output import ScheduledChunk, SchedulerOutput
 from yaie.types import Request
 
@@ -58,10 +59,9 @@ def perplexity(llm: LLM, token_ids: list[int], window: int, fused: bool = False)
     the fused C decode step (float16 K/V, as served)."""
     runner = llm.engine.runner
     num_blocks = math.ceil(window / runner.block_size)
-    kv_dtype = torch.float16 if fused else torch.float32
-    kv_caches = allocate_kv_caches(runner.model, num_blocks, runner.block_size, kv_dtype, runner.device)
     block_ids = list(range(num_blocks))
     if fused:
+        kv_caches = allocate_kv_caches(runner.model, num_blocks, runner.block_size, torch.float16, runner.device)
         decoder = build_fused_decoder(runner.model, kv_caches, runner.block_size)
         if decoder is None:
             raise SystemExit("the fused decode step is not available for this model / machine")
@@ -74,18 +74,15 @@ def perplexity(llm: LLM, token_ids: list[int], window: int, fused: bool = False)
         if fused:
             total_nll += _decode_nll(runner, decoder, request, block_ids)
         else:
-            total_nll += _prefill_nll(runner, kv_caches, request, block_ids)
+            total_nll += _prefill_nll(runner, request)
         num_scored += len(ids) - 1
     return math.exp(total_nll / num_scored), num_scored
 
 
-def _prefill_nll(runner: ModelRunner, kv_caches: list[torch.Tensor], request: Request, block_ids: list[int]
-                 ) -> float:
+def _prefill_nll(runner: ModelRunner, request: Request) -> float:
     """Summed NLL of request's tokens 1..T-1, the window as one prompt chunk."""
     ids, model = request.prompt_token_ids, runner.model
-    chunk = ScheduledChunk(request, ids, 0, block_ids, needs_sample=True)
-    inputs = prepare_inputs(SchedulerOutput([chunk], len(ids)), runner.block_size, runner.device)
-    hidden = model(inputs.input_ids, inputs.positions, kv_caches, inputs.attn)  # [T, H]
+    hidden = run_prompt(model, ids)  # [T, H]
     logprobs = torch.log_softmax(model.compute_logits(hidden[:-1]), dim=-1)  # [T-1, V]
     targets = torch.tensor(ids[1:], device=logprobs.device)
     return -logprobs.gather(1, targets[:, None]).sum().item()

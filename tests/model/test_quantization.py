@@ -146,10 +146,12 @@ def test_int4_swaps_decoder_linears_and_uses_a_q8_lm_head(tiny_llama_dir: Path) 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_quantized_default_model_answers_correctly(scheme: str) -> None:
     llm = LLM(None, quantization=scheme, max_num_seqs=4)
-    out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
-                   SamplingParams(temperature=0, max_tokens=128))[0].outputs[0]
+    # float32's first token leads by 1.5 nats here. Not "What is the capital of France?" alone: there float32
+    # itself hesitates between "The" (-1.88) and "L" (-1.97), so any rounding change may flip the answer to French.
+    out = llm.chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+                   SamplingParams(temperature=0, max_tokens=64))[0].outputs[0]
     assert "Paris" in out.text
-    assert out.finish_reason == "stop"  # int8 says more than float32 (81 tokens), but it does finish
+    assert out.finish_reason == "stop"
 
 
 def test_int4_default_model_matches_float_greedy() -> None:

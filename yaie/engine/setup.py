@@ -21,6 +21,7 @@ from yaie.models.registry import build_model
 from yaie.runner.model_runner import ModelRunner, kv_bytes_per_block
 from yaie.runner.onednn_linear import use_onednn_linears
 from yaie.runner.quantization import quantize_model
+from yaie.runner.smoothing import smooth_for_int8
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
     arch = checkpoint.arch
     max_model_len = min(config.model.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings)
     model = build_model(checkpoint, dtype, device)
+    if config.model.quantization == "int8":
+        smooth_for_int8(model, checkpoint.tokenizer)
     if config.model.quantization != "none":
         num_layers = quantize_model(model, config.model.quantization)
         logger.info("%s quantization: %d linear layers", config.model.quantization, num_layers)
