@@ -14,6 +14,7 @@ from yaie.runner.quantization import (
     Int4Linear,
     Int8Linear,
     Q8BlockLinear,
+    enable_amx,
     load_int8_gemm_kernel,
     load_q8_kernel,
     quantize_int8,
@@ -43,7 +44,9 @@ def _int8_reference(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return out if linear.bias is None else out + linear.bias.detach()
 
 
-@pytest.mark.parametrize("out_features", [384, 390])  # 390: not a multiple of 16, so torch._int_mm takes it
+# 384, 400, 432: 24, 25 and 27 channel tiles (every tail of the AMX panels); 390: not a multiple of 16, so
+# torch._int_mm takes it
+@pytest.mark.parametrize("out_features", [384, 400, 432, 390])
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_linear_kernels_match_the_pytorch_expression(out_features: int, bias: bool) -> None:
     torch.manual_seed(0)
@@ -53,7 +56,7 @@ def test_int8_linear_kernels_match_the_pytorch_expression(out_features: int, bia
     vnni = load_int8_gemm_kernel() is not None
     assert (quantized._gemm is not None) == (vnni and out_features % 16 == 0)
     assert quantized.weight_t.numel() == (0 if quantized._gemm is not None else 256 * out_features)
-    for num_tokens in (0, 1, 7, 9, 64, 300):  # every tail of the 8-row micro-kernel
+    for num_tokens in (0, 1, 7, 9, 16, 17, 33, 64, 300):  # VNNI's 8-row tails; AMX's 16-row blocks, pairs, overlap
         x = torch.randn(num_tokens, 256) * torch.rand(num_tokens, 1) * 10
         torch.testing.assert_close(quantized(x), _int8_reference(linear, x), rtol=1e-5, atol=1e-5)
 
@@ -117,6 +120,27 @@ def test_int8_builds_an_lm_head_from_tied_embeddings(tiny_qwen2_dir: Path) -> No
     assert isinstance(model.embed_tokens, nn.Embedding)  # the lookup table stays float
     out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0]
     assert len(out.outputs[0].token_ids) == 4
+
+
+def test_amx_and_vnni_matmuls_agree() -> None:
+    """Both sum int8 products exactly in int32 and share the rescale; only the order of the rescale's two
+    multiplications may differ (measured: <= 1 ulp). A wrong tile layout, row block or channel tail is O(1).
+    AMX must switch on exactly where the CPU has it (the OS grants the tile state on Linux >= 5.16)."""
+    lib = load_int8_gemm_kernel()
+    if lib is None:
+        pytest.skip("no AVX-512 VNNI: int8 runs on torch._int_mm")
+    has_amx = "amx_int8" in Path("/proc/cpuinfo").read_text().split()
+    torch.manual_seed(0)
+    quantized = Int8Linear(nn.Linear(576, 432, bias=True))
+    try:
+        for num_tokens in (5, 15, 16, 31, 32, 47, 130):
+            x = torch.randn(num_tokens, 576) * 4
+            assert enable_amx(lib, False) is False
+            vnni = quantized(x)
+            assert enable_amx(lib) == has_amx
+            torch.testing.assert_close(quantized(x), vnni, rtol=1e-6, atol=1e-5)
+    finally:
+        enable_amx(lib)
 
 
 def test_q8_block_linear_holds_q8_0_weights_exactly() -> None:

@@ -22,7 +22,7 @@ import torch
 
 from yaie.attention.cpu_kernel import KV_DTYPES, load_c_library
 from yaie.models.llama import LlamaForCausalLM
-from yaie.runner.quantization import INT8_GEMM_SOURCE, Int4Linear, Int8Linear
+from yaie.runner.quantization import INT8_GEMM_SOURCE, Int4Linear, Int8Linear, enable_amx
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def load_fused_library() -> ctypes.CDLL | None:
                                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
         lib.yaie_fused_workspace_bytes.restype = ctypes.c_int64
         lib.yaie_fused_workspace_bytes.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        enable_amx(lib)
     return lib
 
 

@@ -239,7 +239,16 @@ def load_int8_gemm_kernel() -> ctypes.CDLL | None:
     lib.yaie_i8_pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     lib.yaie_i8_gemm.restype = ctypes.c_int
     lib.yaie_i8_gemm.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+    enable_amx(lib)
     return lib
+
+
+def enable_amx(lib: ctypes.CDLL, on: bool = True) -> bool:
+    """Switch a library that holds csrc/int8_gemm.c to AMX tiles (or back to VNNI); True when AMX is now on,
+    which needs a CPU with AMX-INT8 and an OS that grants the tile state."""
+    lib.yaie_i8_set_amx.restype = ctypes.c_int
+    lib.yaie_i8_set_amx.argtypes = [ctypes.c_int]
+    return bool(lib.yaie_i8_set_amx(int(on)))
 
 
 def drop_q4_blocks(model: nn.Module) -> int:

@@ -144,10 +144,10 @@ static inline __attribute__((always_inline)) void attend_vector(
 /* AVX-512 path for head_dim 64 or 128 (same contract as attend_vector). Pass 1 widens sixteen rows of all the
  * task's kv heads at a time into an L1 buffer, reading them in memory order (what lets the hardware prefetcher
  * keep up: 1.35x over attend_vector at batch 32 from DRAM), and folds each query head's sixteen dot products
- * into one vector by a transpose-add tree. Pass 2 keeps up to Z16_HEADS query heads' output rows in registers
- * while each V row is widened once. */
+ * into one vector by a transpose-add tree. Pass 2 reads V the same way (bench/attention_kernel.py, batch 32
+ * from DRAM: 613 -> 548 us per layer against one kv head's rows at a time) and updates two query heads' output
+ * rows per pass over the widened block. */
 #define Z16 16
-#define Z16_HEADS(D) ((D) == 64 ? 4 : 2)
 #define PREFETCH_BLOCKS 4 /* sixteen-row blocks ahead of the one being read that are requested from memory */
 
 /* Row addresses of context positions [t0, t0 + 16) (past `ctx`: the last one again), first kv head `kv_head`. */
@@ -213,7 +213,7 @@ static inline __attribute__((always_inline)) void attend_z16(
     int num_kv_heads, const int D, int block_size, int kv_head, int num_kv, float scale, float *scores, float *out,
     const int is_f16) {
     const int64_t row_stride = (int64_t)num_kv_heads * D, elem = is_f16 ? 2 : 4, width = num_kv * D * elem;
-    const int num_q = num_kv * group, HG = Z16_HEADS(D);
+    const int num_q = num_kv * group;
     float buf[Z16 * MAX_WIDTH] __attribute__((aligned(64)));
     const char *rows[Z16];
     /* Pass 1: scores[j, t] = scale * q_j . k_t. */
@@ -236,47 +236,28 @@ static inline __attribute__((always_inline)) void attend_z16(
         }
     }
     softmax_rows(scores, num_q, ctx, out, D);
-    /* Pass 2: out_j = sum_t p[j, t] * v_t, HG query heads of one kv head at a time. */
-    for (int kv = 0; kv < num_kv; kv++) {
-        for (int j0 = kv * group; j0 < (kv + 1) * group; j0 += HG) {
-            const int nh = (kv + 1) * group - j0 < HG ? (kv + 1) * group - j0 : HG;
-            __m512 acc[4][4];
-            for (int h = 0; h < HG; h++)
-                for (int c = 0; c < D / 16 && c < 4; c++) acc[h][c] = _mm512_setzero_ps();
-            __m512 acc8[2][8];
-            if (D == 128)
-                for (int h = 0; h < 2; h++)
-                    for (int c = 0; c < 8; c++) acc8[h][c] = _mm512_setzero_ps();
-            for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
-                const int n = ctx - t0 < Z16 ? (int)(ctx - t0) : Z16;
-                prefetch_rows(v_cache, blocks, t0 + Z16 * PREFETCH_BLOCKS, ctx, block_size, row_stride,
-                              kv_head + kv, D, elem, D * elem);
-                row_ptrs(rows, v_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
-                for (int r = 0; r < n; r++) {
-                    const char *row = rows[r] + (int64_t)kv * D * elem;
-                    if (D == 64) {
-                        const __m512 v0 = load16(row, is_f16), v1 = load16(row + 16 * elem, is_f16);
-                        const __m512 v2 = load16(row + 32 * elem, is_f16), v3 = load16(row + 48 * elem, is_f16);
-                        for (int h = 0; h < nh && h < 4; h++) {
-                            const __m512 p = _mm512_set1_ps(scores[(j0 + h) * ctx + t0 + r]);
-                            acc[h][0] = _mm512_fmadd_ps(p, v0, acc[h][0]);
-                            acc[h][1] = _mm512_fmadd_ps(p, v1, acc[h][1]);
-                            acc[h][2] = _mm512_fmadd_ps(p, v2, acc[h][2]);
-                            acc[h][3] = _mm512_fmadd_ps(p, v3, acc[h][3]);
-                        }
-                    } else {
-                        __m512 v[8];
-                        for (int c = 0; c < 8; c++) v[c] = load16(row + c * 16 * elem, is_f16);
-                        for (int h = 0; h < nh && h < 2; h++) {
-                            const __m512 p = _mm512_set1_ps(scores[(j0 + h) * ctx + t0 + r]);
-                            for (int c = 0; c < 8; c++) acc8[h][c] = _mm512_fmadd_ps(p, v[c], acc8[h][c]);
-                        }
-                    }
+    /* Pass 2: out_j = sum_t p[j, t] * v_t: V read like K (sixteen rows of all kv heads, in memory order),
+     * each query head's output row updated from the widened block, two heads at a time. */
+    for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
+        const int n = ctx - t0 < Z16 ? (int)(ctx - t0) : Z16;
+        prefetch_rows(v_cache, blocks, t0 + Z16 * PREFETCH_BLOCKS, ctx, block_size, row_stride, kv_head, D, elem,
+                      width);
+        row_ptrs(rows, v_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
+        widen_block(buf, rows, num_kv, D, elem, is_f16);
+        for (int j = 0; j < num_q; j += 2) {
+            const int nh = j + 1 < num_q ? 2 : 1;
+            __m512 acc[2][8];
+            for (int h = 0; h < nh; h++)
+                for (int c = 0; c < D / 16; c++) acc[h][c] = _mm512_loadu_ps(out + (j + h) * D + c * 16);
+            for (int r = 0; r < n; r++) {
+                for (int h = 0; h < nh; h++) {
+                    const float *vb = buf + ((j + h) / group * Z16 + r) * D;
+                    const __m512 pr = _mm512_set1_ps(scores[(j + h) * ctx + t0 + r]);
+                    for (int c = 0; c < D / 16; c++) acc[h][c] = _mm512_fmadd_ps(pr, _mm512_load_ps(vb + c * 16), acc[h][c]);
                 }
             }
             for (int h = 0; h < nh; h++)
-                for (int c = 0; c < D / 16; c++)
-                    _mm512_storeu_ps(out + (j0 + h) * D + c * 16, D == 64 ? acc[h][c] : acc8[h][c]);
+                for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(out + (j + h) * D + c * 16, acc[h][c]);
         }
     }
 }

@@ -216,7 +216,7 @@ static void matmul(int64_t kind, const weight_desc *w, const q8_act *a, int64_t 
     if (kind == KIND_INT8) {
         const i8_gemm_args g = {(const uint8_t *)a->q, a->d, w->packed, w->wsum, w->w_scale, w->bias, y, ldy, B,
                                 w->n, w->k, accumulate};
-        i8_gemm_team(&g);
+        i8_gemm_any_team(&g);
         return;
     }
 #endif

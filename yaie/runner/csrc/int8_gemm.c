@@ -12,11 +12,18 @@
  * Why our own: torch._int_mm (oneDNN) costs ~25-40 us of set-up per call at decode shapes, which at 120
  * decoder linears per step is a fifth of the step, and it needs a separate int32 -> float pass.
  *
+ * On CPUs with AMX (Intel Sapphire Rapids and later), when the OS grants the tile state (yaie_i8_set_amx) and
+ * K % 64 == 0, the same packed weights feed AMX tiles instead: one 16-channel x 64-input slice of a packed tile
+ * is exactly one 16 x 64-byte B tile (rows = groups of 4 inputs, 16 channels x 4 bytes each), and tdpbusd also
+ * multiplies unsigned by signed bytes, so codes, wsum and the rescale are shared with the VNNI path.
+ *
  * Requires K % 4 == 0 and N % 16 == 0 (callers check). Built with -march=native; without AVX-512 VNNI the
  * entry points return -1 and callers keep torch._int_mm. */
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define TILE_N 16
 #define MR 8
@@ -123,17 +130,190 @@ static void i8_gemm_team(const i8_gemm_args *g) {
     }
 }
 
+
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__)
+#define HAVE_AMX 1
+
+/* 0: off; 1: on (the OS granted the tile state to this process). Set once by yaie_i8_set_amx, before any
+ * matmul runs; read by every call. */
+static int amx_enabled = 0;
+
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* Tiles 0-3: int32 sums (16 channels each); 4-5: activation rows (16 x 64 codes); 6-7: weights (64 x 16).
+ * rows: how many activation rows the A and C tiles hold (16, or all of M when M < 16). */
+static void amx_configure(int rows) {
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = t < 6 ? (uint8_t)rows : 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* C tile `sums` (rows x 16 int32) -> rescaled floats for rows [first, rows) of the block at row r0. */
+static void amx_store(const i8_gemm_args *g, int32_t *buf, int64_t r0, int first, int rows, int64_t col) {
+    for (int r = first; r < rows; r++) store_tile(g, _mm512_load_si512(buf + r * 16), r0 + r, col);
+}
+
+/* Row blocks at r0 (and r1 when MB == 2) x NT 16-channel tiles from t0, over all of K. MB == 2 pairs with
+ * NT <= 2 (4 sum tiles); MB == 1 takes up to 4 channel tiles. skip0/skip1: leading rows of a block that an
+ * earlier block already produced (the last block of an M that is not a multiple of 16 overlaps its neighbour). */
+static inline __attribute__((always_inline)) void amx_kernel(const i8_gemm_args *g, int64_t r0, int skip0,
+                                                             int64_t r1, int skip1, int rows, int64_t t0,
+                                                             const int MB, const int NT) {
+    const int64_t k4s = g->k / 4, tile_bytes = k4s * 64;
+    const uint8_t *a0 = g->a + r0 * g->k, *a1 = g->a + r1 * g->k;
+    const int8_t *w = g->packed + t0 * tile_bytes;
+    _tile_zero(0);
+    if (NT > 1 || MB > 1) _tile_zero(1);
+    if (NT > 2 || MB > 1) _tile_zero(2);
+    if (NT > 3 || (MB > 1 && NT > 1)) _tile_zero(3);
+    for (int64_t kb = 0; kb < g->k / 64; kb++) {
+        const int8_t *b = w + kb * 1024;
+        _tile_loadd(4, a0 + kb * 64, g->k);
+        if (MB > 1) _tile_loadd(5, a1 + kb * 64, g->k);
+        _tile_loadd(6, b, 64);
+        _tile_dpbusd(0, 4, 6);
+        if (MB > 1) _tile_dpbusd(2, 5, 6);
+        if (NT > 1) {
+            _tile_loadd(7, b + tile_bytes, 64);
+            _tile_dpbusd(1, 4, 7);
+            if (MB > 1) _tile_dpbusd(3, 5, 7);
+        }
+        if (NT > 2) {
+            _tile_loadd(6, b + 2 * tile_bytes, 64);
+            _tile_dpbusd(2, 4, 6);
+        }
+        if (NT > 3) {
+            _tile_loadd(7, b + 3 * tile_bytes, 64);
+            _tile_dpbusd(3, 4, 7);
+        }
+    }
+    int32_t buf[16 * 16] __attribute__((aligned(64)));
+    const int64_t col = t0 * TILE_N;
+#define AMX_STORE(tile, row0, skip, c)        \
+    do {                                      \
+        _tile_stored(tile, buf, 64);          \
+        amx_store(g, buf, row0, skip, rows, c); \
+    } while (0)
+    AMX_STORE(0, r0, skip0, col);
+    if (MB > 1) {
+        AMX_STORE(2, r1, skip1, col);
+        if (NT > 1) {
+            AMX_STORE(1, r0, skip0, col + TILE_N);
+            AMX_STORE(3, r1, skip1, col + TILE_N);
+        }
+    } else {
+        if (NT > 1) AMX_STORE(1, r0, skip0, col + TILE_N);
+        if (NT > 2) AMX_STORE(2, r0, skip0, col + 2 * TILE_N);
+        if (NT > 3) AMX_STORE(3, r0, skip0, col + 3 * TILE_N);
+    }
+#undef AMX_STORE
+}
+
+/* Row blocks of 16: start of block i, and how many of its leading rows an earlier block already covered. */
+static inline void row_block(int64_t m, int64_t i, int64_t *r0, int *skip) {
+    *r0 = i * 16;
+    *skip = 0;
+    if (*r0 + 16 > m && m > 16) { /* the overlapping last block */
+        *skip = (int)(*r0 - (m - 16));
+        *r0 = m - 16;
+    }
+}
+
+/* Inside a parallel region: this thread's channel panels, then the barrier at the end of the omp for. A panel
+ * is 4 channel tiles when M fits one row block (weights streamed once, 4 sums per activation tile), else 2,
+ * with row blocks taken in pairs. */
+static void amx_gemm_team(const i8_gemm_args *g) {
+    const int rows = g->m < 16 ? (int)g->m : 16;
+    const int64_t num_blocks = (g->m + 15) / 16, num_tiles = g->n / TILE_N;
+    const int64_t panel_tiles = num_blocks == 1 ? 4 : 2, num_panels = (num_tiles + panel_tiles - 1) / panel_tiles;
+    amx_configure(rows);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < num_panels; p++) {
+        const int64_t t0 = p * panel_tiles;
+        const int nt = (int)(num_tiles - t0 < panel_tiles ? num_tiles - t0 : panel_tiles);
+        int64_t r0, r1;
+        int skip0, skip1;
+        if (num_blocks == 1) {
+            switch (nt) {
+            case 1: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 1); break;
+            case 2: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 2); break;
+            case 3: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 3); break;
+            default: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 4); break;
+            }
+            continue;
+        }
+        int64_t i = 0;
+        for (; i + 1 < num_blocks; i += 2) {
+            row_block(g->m, i, &r0, &skip0);
+            row_block(g->m, i + 1, &r1, &skip1);
+            if (nt == 2) amx_kernel(g, r0, skip0, r1, skip1, rows, t0, 2, 2);
+            else amx_kernel(g, r0, skip0, r1, skip1, rows, t0, 2, 1);
+        }
+        if (i < num_blocks) {
+            row_block(g->m, i, &r0, &skip0);
+            if (nt == 2) amx_kernel(g, r0, skip0, r0, skip0, rows, t0, 1, 2);
+            else amx_kernel(g, r0, skip0, r0, skip0, rows, t0, 1, 1);
+        }
+    }
+}
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+int yaie_i8_set_amx(int on) {
+    if (on && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) on = 0;
+    amx_enabled = on;
+    return amx_enabled;
+}
+
+#else
+
+int yaie_i8_set_amx(int on) {
+    (void)on;
+    return 0;
+}
+
+#endif
+
+/* Below this many rows VNNI is as fast: a tile computes 16 rows whatever M is, and both stream the weights. */
+#define AMX_MIN_ROWS 5
+
+/* Inside a parallel region: the whole matmul, on AMX tiles when enabled and the shape suits, else VNNI. */
+static void i8_gemm_any_team(const i8_gemm_args *g) {
+#ifdef HAVE_AMX
+    if (amx_enabled && g->k % 64 == 0 && g->m >= AMX_MIN_ROWS) {
+        amx_gemm_team(g);
+        return;
+    }
+#endif
+    i8_gemm_team(g);
+}
+
 int yaie_i8_gemm(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
                  const float *w_scale, const float *bias, float *y, int64_t ldy, int64_t m, int64_t n, int64_t k,
                  int accumulate, int num_threads) {
     if (n % TILE_N || k % 4) return -1;
     const i8_gemm_args g = {a, a_scale, packed, wsum, w_scale, bias, y, ldy, m, n, k, accumulate};
 #pragma omp parallel num_threads(num_threads)
-    i8_gemm_team(&g);
+    i8_gemm_any_team(&g);
     return 0;
 }
 
 #else
+
+int yaie_i8_set_amx(int on) {
+    (void)on;
+    return 0;
+}
 
 int yaie_i8_gemm(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
                  const float *w_scale, const float *bias, float *y, int64_t ldy, int64_t m, int64_t n, int64_t k,
