@@ -39,7 +39,7 @@ def _int8_reference(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w_scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # [out, 1]
     w_q = torch.round(weight / w_scale).to(torch.int8)
     x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # [T, 1]
-    x_q = torch.round(x / x_scale).to(torch.int8)
+    x_q = torch.round(x * x_scale.reciprocal()).to(torch.int8)
     out = torch._int_mm(x_q, w_q.t().contiguous()).float() * x_scale * w_scale.t()
     return out if linear.bias is None else out + linear.bias.detach()
 

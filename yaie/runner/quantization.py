@@ -91,7 +91,7 @@ class Int8Linear(nn.Module):
         if self.input_norm is not None:
             x = self.input_norm(x)
         x_scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(INT8_MAX)  # [T, 1]
-        x_q = torch.round(x / x_scale).to(torch.int8)
+        x_q = torch.round(x * x_scale.reciprocal()).to(torch.int8)  # as the C passes round it
         out = torch._int_mm(x_q, self.weight_t).float().mul_(x_scale).mul_(self.weight_scale)
         return out if self.bias is None else out.add_(self.bias)
 

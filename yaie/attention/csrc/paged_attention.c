@@ -216,11 +216,18 @@ static inline __attribute__((always_inline)) void attend_z16(
     const int num_q = num_kv * group;
     float buf[Z16 * MAX_WIDTH] __attribute__((aligned(64)));
     const char *rows[Z16];
-    /* Pass 1: scores[j, t] = scale * q_j . k_t. */
+    /* Pass 1: scores[j, t] = scale * q_j . k_t. The first blocks of K are requested together up front, and the
+     * first blocks of V while the last blocks of K are read (a task otherwise starts each pass cold). */
+    for (int64_t t0 = 0; t0 < Z16 * PREFETCH_BLOCKS; t0 += Z16)
+        prefetch_rows(k_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem, width);
     for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
         const int n = ctx - t0 < Z16 ? (int)(ctx - t0) : Z16;
-        prefetch_rows(k_cache, blocks, t0 + Z16 * PREFETCH_BLOCKS, ctx, block_size, row_stride, kv_head, D, elem,
-                      width);
+        const int64_t ahead = t0 + Z16 * PREFETCH_BLOCKS;
+        if (ahead < ctx)
+            prefetch_rows(k_cache, blocks, ahead, ctx, block_size, row_stride, kv_head, D, elem, width);
+        else
+            prefetch_rows(v_cache, blocks, ahead - (ctx + Z16 - 1) / Z16 * Z16, ctx, block_size, row_stride, kv_head,
+                          D, elem, width);
         row_ptrs(rows, k_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
         widen_block(buf, rows, num_kv, D, elem, is_f16);
         for (int j = 0; j < num_q; j++) {

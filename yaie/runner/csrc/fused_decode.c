@@ -115,13 +115,14 @@ static void quantize_row(const float *x, int64_t k, int8_t *q, float *d, float *
     }
 }
 
-/* Exact IEEE division and round-half-even, as csrc/int8_rows.c (and so Int8Linear) computes the codes. */
+/* IEEE arithmetic in a fixed order and round-half-even, as csrc/int8_rows.c (and so Int8Linear) computes the
+ * codes. */
 __attribute__((optimize("no-fast-math", "finite-math-only", "no-trapping-math", "no-signed-zeros")))
 static void quantize_token(const float *x, int64_t k, uint8_t *q, float *scale) {
     float amax = 0.f;
     for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
-    const float s = fmaxf(amax, 1e-12f) / 127.f;
-    for (int64_t i = 0; i < k; i++) q[i] = (uint8_t)(int8_t)nearbyintf(x[i] / s) ^ 0x80;
+    const float s = fmaxf(amax, 1e-12f) / 127.f, inv = 1.f / s;
+    for (int64_t i = 0; i < k; i++) q[i] = (uint8_t)(int8_t)nearbyintf(x[i] * inv) ^ 0x80;
     *scale = s;
 }
 
@@ -261,7 +262,10 @@ static void store_kv(void *cache, int64_t offset, const float *src, int64_t n, i
         return;
     }
     uint16_t *dst = (uint16_t *)cache + offset;
-    for (int64_t i = 0; i < n; i++) dst[i] = _cvtss_sh(src[i], 0);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = _cvtss_sh(src[i], 0);
 }
 
 /* q/k norm, rotary and the K/V write for token b; qkv row [Hq*D | Hkv*D | Hkv*D]. */
