@@ -4,6 +4,7 @@ and it must make int8 closer to float32 on the default model, whose activations 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,14 @@ def _logits(model: LlamaForCausalLM, token_ids: list[int]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _perplexity(model: LlamaForCausalLM, token_ids: list[int]) -> float:
-    logprobs = torch.log_softmax(_logits(model, token_ids)[:-1], dim=-1)
-    return torch.exp(-logprobs.gather(1, torch.tensor(token_ids[1:])[:, None]).mean()).item()
+def _perplexity(model: LlamaForCausalLM, token_ids: list[int], window: int = 512) -> float:
+    nll, num_scored = 0.0, 0
+    for start in range(0, len(token_ids) - 1, window):
+        ids = token_ids[start:start + window]
+        logprobs = torch.log_softmax(_logits(model, ids)[:-1], dim=-1)
+        nll -= logprobs.gather(1, torch.tensor(ids[1:])[:, None]).sum().item()
+        num_scored += len(ids) - 1
+    return math.exp(nll / num_scored)
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_qwen3_dir"])
@@ -60,10 +66,11 @@ def test_calibration_covers_every_linear_and_the_final_norm(tiny_llama_dir: Path
 
 def test_smoothing_brings_int8_closer_to_float_on_the_default_model() -> None:
     """SmolLM2's QKV and down_proj inputs carry outlier channels; smoothing moves them into the weights.
-    Measured on 512 tokens: float32 18.83, int8 20.47 without smoothing, 19.53 with (alpha 0.5)."""
+    Measured on these 2,048 tokens: float32 23.76, int8 24.58 without smoothing, 24.22 with. (One 512-token
+    window alone is too noisy to judge: int8 moves by several percent with any rounding change.)"""
     llm = LLM(None, max_num_seqs=1)
     model = llm.engine.runner.model
-    token_ids = llm.tokenizer(TEXT.read_text())["input_ids"][:512]
+    token_ids = llm.tokenizer(TEXT.read_text())["input_ids"][:2048]
     plain, smoothed = copy.deepcopy(model), copy.deepcopy(model)
     smooth_for_int8(smoothed, llm.tokenizer)
     for m in (plain, smoothed):
