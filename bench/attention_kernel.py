@@ -1,8 +1,9 @@
 """Time the C paged decode-attention kernel alone on a decode-step shape.
 
-    .venv/bin/python bench/attention_kernel.py --batch 32 --context 320 [--layers 30] [--scatter]
+    .venv/bin/python bench/attention_kernel.py --batch 32 --context 320 [--layers 30] [--scatter] [--kv-dtype D]
 
-SmolLM2's attention shape (9 query heads, 3 kv heads, head_dim 64, float16 K/V, blocks of 16). `--layers L`
+SmolLM2's attention shape (9 query heads, 3 kv heads, head_dim 64, blocks of 16), float16 K/V by default
+(or `--kv-dtype`). `--layers L`
 spreads the cache over L layers' worth of memory and cycles through them, as a real step does (L = 1 keeps
 it in the last-level cache); `--scatter` gives every sequence randomly placed blocks instead of contiguous ones.
 """
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--scatter", action="store_true")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--kv-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     args = parser.parse_args()
     kernel = load_decode_kernel()
     if kernel is None:
@@ -33,7 +35,7 @@ def main() -> None:
     blocks_per_seq = -(-args.context // BLOCK_SIZE)
     blocks_per_layer = args.batch * blocks_per_seq
     num_blocks = blocks_per_layer * args.layers
-    k_cache = torch.randn(num_blocks * BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM).half()  # [S, Hkv, D]
+    k_cache = torch.randn(num_blocks * BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM).to(getattr(torch, args.kv_dtype))
     v_cache = torch.randn_like(k_cache)
     order = torch.randperm(num_blocks) if args.scatter else torch.arange(num_blocks)
     tables = [order[i * blocks_per_layer:(i + 1) * blocks_per_layer].view(args.batch, blocks_per_seq).contiguous()
@@ -50,7 +52,7 @@ def main() -> None:
             calls += 1
     seconds_per_call = (time.perf_counter() - started) / calls
     kv_bytes = 2 * args.batch * args.context * NUM_KV_HEADS * HEAD_DIM * k_cache.element_size()
-    print(f"batch {args.batch}, context {args.context}, {args.layers} layers' memory"
+    print(f"{args.kv_dtype} K/V, batch {args.batch}, context {args.context}, {args.layers} layers' memory"
           f"{', scattered blocks' if args.scatter else ''}, {torch.get_num_threads()} threads: "
           f"{seconds_per_call * 1e6:.0f} us per layer call, {kv_bytes / seconds_per_call / 1e9:.1f} GB/s of K/V")
 

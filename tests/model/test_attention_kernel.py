@@ -42,7 +42,7 @@ def num_threads(request: pytest.FixtureRequest) -> Iterator[int]:
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
 @pytest.mark.parametrize(("head_dim", "num_heads", "num_kv_heads", "block_size"),
                          [(64, 9, 3, 16), (128, 8, 2, 16), (64, 12, 2, 8), (80, 4, 4, 5), (36, 6, 2, 16)],
                          ids=["d64-gqa3", "d128-gqa4", "d64-gqa6-bs8", "d80-mha-bs5", "d36-scalar"])

@@ -1,5 +1,5 @@
-"""Build and call the C paged-decode-attention kernel (csrc/paged_attention.c) on CPU: float32 queries, a float32
-or float16 K/V cache.
+"""Build and call the C paged-decode-attention kernel (csrc/paged_attention.c) on CPU: float32 queries, a float32,
+float16 or bfloat16 K/V cache.
 
 Built once with the system C compiler for this CPU (-march=native: ~10% faster than an AVX2 build, from the
 larger register file) into ~/.cache/yaie/kernels (keyed by the source's hash and the CPU's flags) and loaded with
@@ -24,7 +24,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
-KV_DTYPES = (torch.float32, torch.float16)
+# Cache element types the kernels read, as their kv_type codes (KV_F32, KV_F16, KV_BF16 in the C source).
+KV_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 CFLAGS = ["-O3", "-march=x86-64-v3", "-ffast-math", "-fopenmp", "-fPIC"]
 NATIVE_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 # Linked in a separate step without -ffast-math: linking with it adds crtfastmath.o, whose constructor turns on
@@ -48,17 +49,17 @@ class DecodeKernel:
         block_size: int,
         scale: float,
     ) -> torch.Tensor:
-        # q: [B, Hq, D] float32 contiguous; k_cache, v_cache: [S, Hkv, D] float32 or float16;
+        # q: [B, Hq, D] float32 contiguous; k_cache, v_cache: [S, Hkv, D] float32, float16 or bfloat16;
         # block_table: [B, M] int64; context_lens: [B] int64 -> out: [B, Hq, D] float32
         if k_cache.dtype not in KV_DTYPES:
-            raise ValueError(f"the paged decode kernel reads float32 or float16 K/V, got {k_cache.dtype}")
+            raise ValueError(f"the paged decode kernel reads float32, float16 or bfloat16 K/V, got {k_cache.dtype}")
         num_seqs, num_heads, head_dim = q.shape
         out = torch.empty_like(q)
         status = self._fn(
             q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_table.data_ptr(),
             context_lens.data_ptr(), out.data_ptr(), num_seqs, num_heads, k_cache.shape[1], head_dim,
             block_size, block_table.shape[1], scale,
-            torch.get_num_threads(), int(k_cache.dtype == torch.float16),
+            torch.get_num_threads(), KV_DTYPES[k_cache.dtype],
         )
         if status != 0:
             raise RuntimeError(f"paged decode attention kernel failed with status {status}")

@@ -51,7 +51,7 @@ class _ModelDesc(ctypes.Structure):
     _fields_ = [("num_layers", ctypes.c_int64), ("hidden", ctypes.c_int64), ("num_heads", ctypes.c_int64),
                 ("num_kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("intermediate", ctypes.c_int64),
                 ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("block_size", ctypes.c_int64),
-                ("kv_is_f16", ctypes.c_int64), ("weight_kind", ctypes.c_int64), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+                ("kv_type", ctypes.c_int64), ("weight_kind", ctypes.c_int64), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
                 ("final_norm", ctypes.c_void_p), ("layers", ctypes.POINTER(_LayerDesc)),
                 ("phase_seconds", ctypes.c_void_p)]
 
@@ -74,7 +74,7 @@ class FusedDecoder:
         self._desc = _ModelDesc(
             arch.num_hidden_layers, arch.hidden_size, arch.num_attention_heads, arch.num_key_value_heads,
             arch.head_dim, arch.intermediate_size, arch.rms_norm_eps, arch.head_dim**-0.5, block_size,
-            int(kv_caches[0].dtype == torch.float16), weight_kind, model.rotary.cos_cached.data_ptr(),
+            KV_DTYPES[kv_caches[0].dtype], weight_kind, model.rotary.cos_cached.data_ptr(),
             model.rotary.sin_cached.data_ptr(), model.norm.weight.data_ptr(), layers,
         )
         self._layers = layers  # the array the descriptor points into
@@ -128,7 +128,8 @@ def build_fused_decoder(model: LlamaForCausalLM, kv_caches: list[torch.Tensor], 
 
 @lru_cache(maxsize=1)
 def load_fused_library() -> ctypes.CDLL | None:
-    lib = load_c_library(SOURCE, "the fused decode step", native=True, includes=(ATTENTION_SOURCE, INT8_GEMM_SOURCE))
+    lib = load_c_library(SOURCE, "the fused decode step", native=True,
+                         includes=(ATTENTION_SOURCE, INT8_GEMM_SOURCE))
     if lib is not None:
         lib.yaie_fused_decode.restype = ctypes.c_int
         lib.yaie_fused_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,

@@ -1,5 +1,5 @@
-/* Paged decode attention for CPU: float32 queries and outputs, K/V cache in float32 or float16 (widened with
- * F16C), one query token per sequence, K/V read in place through the block table -- no gather copy. Work is
+/* Paged decode attention for CPU: float32 queries and outputs, K/V cache in float32, float16 (widened with
+ * F16C) or bfloat16 (kv_type: KV_F32, KV_F16, KV_BF16), one query token per sequence, K/V read in place through the block table -- no gather copy. Work is
  * split over (sequence, kv head) pairs with OpenMP; within a pair every K/V row is read from memory once and
  * used by all the query heads of its GQA group.
  *
@@ -23,6 +23,15 @@
 #define ROWS 8
 #define PREFETCH_ROWS 32 /* rows ahead of the one being widened that are requested from memory */
 
+enum { KV_F32 = 0, KV_F16 = 1, KV_BF16 = 2 }; /* kv_type: the cache's element type */
+
+static inline float bf16_to_float(uint16_t h) {
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 /* Row `o` of kv head `kv_head` in the cache, addressed through the sequence's block table. */
 static inline const char *kv_row(const void *cache, const int64_t *blocks, int64_t t, int block_size,
                                  int64_t row_stride, int kv_head, int head_dim, int64_t elem) {
@@ -36,8 +45,8 @@ static inline const char *kv_row(const void *cache, const int64_t *blocks, int64
  * hardware prefetcher alone leaves each row's first load waiting on memory. */
 static inline __attribute__((always_inline)) void load_rows(
     float *buf, const void *cache, const int64_t *blocks, int64_t t0, int n, int64_t ctx, int block_size,
-    int64_t row_stride, int kv_head, const int D, const int width, const int is_f16) {
-    const int64_t elem = is_f16 ? 2 : 4, row_bytes = row_stride * elem;
+    int64_t row_stride, int kv_head, const int D, const int width, const int kv_type) {
+    const int64_t elem = kv_type == KV_F32 ? 4 : 2, row_bytes = row_stride * elem;
     for (int r = 0; r < n && t0 + r + PREFETCH_ROWS < ctx; r++) {
         const char *ahead = kv_row(cache, blocks, t0 + r + PREFETCH_ROWS, block_size, row_stride, kv_head, D, elem);
         for (int64_t line = 0; line < width * elem; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
@@ -46,9 +55,14 @@ static inline __attribute__((always_inline)) void load_rows(
     const char *row = kv_row(cache, blocks, t0, block_size, row_stride, kv_head, D, elem);
     for (int r = 0; r < ROWS; r++) {
         float *dst = buf + r * width;
-        if (is_f16) {
+        if (kv_type == KV_F16) {
             for (int d = 0; d < width; d += 8)
                 _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d))));
+        } else if (kv_type == KV_BF16) {
+            for (int d = 0; d < width; d += 8) {
+                const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d)));
+                _mm256_storeu_ps(dst + d, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
+            }
         } else {
             memcpy(dst, row, sizeof(float) * width);
         }
@@ -94,14 +108,45 @@ static inline __attribute__((always_inline)) void weighted_sum(float *out, const
     }
 }
 
+#if defined(__AVX512F__)
+/* e^x for x <= 0 (softmax arguments): x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial
+ * (relative error < 2e-7), times 2^n. A fifth of the cost of libm's vector expf here. */
+static inline __m512 exp_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-6f), r);
+    __m512 p = _mm512_set1_ps(1.f / 720.f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* Each of `group` rows of ctx scores -> its softmax, in place; the matching output rows are zeroed. */
 static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int head_dim) {
     for (int g = 0; g < group; g++) {
         float *s = scores + g * ctx;
         float max_score = -INFINITY, sum = 0.f;
         for (int64_t t = 0; t < ctx; t++) max_score = s[t] > max_score ? s[t] : max_score;
-        for (int64_t t = 0; t < ctx; t++) { s[t] = expf(s[t] - max_score); sum += s[t]; }
+        int64_t t = 0;
+#if defined(__AVX512F__)
+        __m512 sums = _mm512_setzero_ps();
+        for (; t + 16 <= ctx; t += 16) {
+            const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + t), _mm512_set1_ps(max_score)));
+            _mm512_storeu_ps(s + t, e);
+            sums = _mm512_add_ps(sums, e);
+        }
+        sum = _mm512_reduce_add_ps(sums);
+#endif
+        for (; t < ctx; t++) { s[t] = expf(s[t] - max_score); sum += s[t]; }
         const float inv = 1.f / sum;
-        for (int64_t t = 0; t < ctx; t++) s[t] *= inv;
+        for (t = 0; t < ctx; t++) s[t] *= inv;
         memset(out + g * head_dim, 0, sizeof(float) * head_dim);
     }
 }
@@ -111,7 +156,7 @@ static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int 
 static inline __attribute__((always_inline)) void attend_vector(
     const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks, int64_t ctx, int group,
     int num_kv_heads, const int D, int block_size, int kv_head, int num_kv, float scale, float *scores, float *out,
-    const int is_f16) {
+    const int kv_type) {
     const int64_t row_stride = (int64_t)num_kv_heads * D;
     const int width = num_kv * D, num_q = num_kv * group;
     float buf[ROWS * MAX_WIDTH] __attribute__((aligned(64)));
@@ -119,7 +164,7 @@ static inline __attribute__((always_inline)) void attend_vector(
     /* Pass 1: scores[j, t] = scale * q_j . k_t for query head j of kv head j / group. */
     for (int64_t t0 = 0; t0 < ctx; t0 += ROWS) {
         const int n = ctx - t0 < ROWS ? (int)(ctx - t0) : ROWS;
-        load_rows(buf, k_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, is_f16);
+        load_rows(buf, k_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, kv_type);
         for (int j = 0; j < num_q; j++) {
             const __m256 dots = _mm256_mul_ps(dot8(q + j * D, buf + j / group * D, D, width), _mm256_set1_ps(scale));
             if (n == ROWS) {
@@ -134,7 +179,7 @@ static inline __attribute__((always_inline)) void attend_vector(
     /* Pass 2: out_j = sum_t p[j, t] * v_t. */
     for (int64_t t0 = 0; t0 < ctx; t0 += ROWS) {
         const int n = ctx - t0 < ROWS ? (int)(ctx - t0) : ROWS;
-        load_rows(buf, v_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, is_f16);
+        load_rows(buf, v_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, kv_type);
         for (int j = 0; j < num_q; j++)
             weighted_sum(out + j * D, scores + j * ctx + t0, buf + j / group * D, n, D, width);
     }
@@ -178,8 +223,11 @@ static inline void prefetch_rows(const void *cache, const int64_t *blocks, int64
         for (int64_t line = 0; line < bytes; line += 64) _mm_prefetch(rows[r] + line, _MM_HINT_T0);
 }
 
-static inline __attribute__((always_inline)) __m512 load16(const char *p, const int is_f16) {
-    return is_f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps((const float *)p);
+static inline __attribute__((always_inline)) __m512 load16(const char *p, const int kv_type) {
+    if (kv_type == KV_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    if (kv_type == KV_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+    return _mm512_loadu_ps((const float *)p);
 }
 
 /* r[i] = sum of the 16 lanes of v[i], for i < 16. */
@@ -201,18 +249,18 @@ static inline __attribute__((always_inline)) __m512 reduce16(const __m512 *v) {
 /* Widens rows [t0, t0 + 16) of this task's kv heads (num_kv * D elements each, read in order) into
  * buf [num_kv][16][D] float32. */
 static inline __attribute__((always_inline)) void widen_block(float *buf, const char *const *rows, int num_kv,
-                                                              const int D, const int64_t elem, const int is_f16) {
+                                                              const int D, const int64_t elem, const int kv_type) {
     for (int r = 0; r < Z16; r++)
         for (int kv = 0; kv < num_kv; kv++)
             for (int d = 0; d < D; d += 16)
-                _mm512_store_ps(buf + (kv * Z16 + r) * D + d, load16(rows[r] + (kv * D + d) * elem, is_f16));
+                _mm512_store_ps(buf + (kv * Z16 + r) * D + d, load16(rows[r] + (kv * D + d) * elem, kv_type));
 }
 
 static inline __attribute__((always_inline)) void attend_z16(
     const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks, int64_t ctx, int group,
     int num_kv_heads, const int D, int block_size, int kv_head, int num_kv, float scale, float *scores, float *out,
-    const int is_f16) {
-    const int64_t row_stride = (int64_t)num_kv_heads * D, elem = is_f16 ? 2 : 4, width = num_kv * D * elem;
+    const int kv_type) {
+    const int64_t row_stride = (int64_t)num_kv_heads * D, elem = kv_type == KV_F32 ? 4 : 2, width = num_kv * D * elem;
     const int num_q = num_kv * group;
     float buf[Z16 * MAX_WIDTH] __attribute__((aligned(64)));
     const char *rows[Z16];
@@ -229,7 +277,7 @@ static inline __attribute__((always_inline)) void attend_z16(
             prefetch_rows(v_cache, blocks, ahead - (ctx + Z16 - 1) / Z16 * Z16, ctx, block_size, row_stride, kv_head,
                           D, elem, width);
         row_ptrs(rows, k_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
-        widen_block(buf, rows, num_kv, D, elem, is_f16);
+        widen_block(buf, rows, num_kv, D, elem, kv_type);
         for (int j = 0; j < num_q; j++) {
             const float *kb = buf + j / group * Z16 * D;
             __m512 acc[Z16];
@@ -250,7 +298,7 @@ static inline __attribute__((always_inline)) void attend_z16(
         prefetch_rows(v_cache, blocks, t0 + Z16 * PREFETCH_BLOCKS, ctx, block_size, row_stride, kv_head, D, elem,
                       width);
         row_ptrs(rows, v_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
-        widen_block(buf, rows, num_kv, D, elem, is_f16);
+        widen_block(buf, rows, num_kv, D, elem, kv_type);
         for (int j = 0; j < num_q; j += 2) {
             const int nh = j + 1 < num_q ? 2 : 1;
             __m512 acc[2][8];
@@ -273,11 +321,13 @@ static inline __attribute__((always_inline)) void attend_z16(
 /* Any head size: one row at a time, scalar (same contract as attend_vector). */
 static void attend_scalar(const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks,
                           int64_t ctx, int group, int num_kv_heads, int D, int block_size, int kv_head, int num_kv,
-                          float scale, float *scores, float *out, int is_f16) {
-    const int64_t row_stride = (int64_t)num_kv_heads * D, elem = is_f16 ? 2 : 4;
+                          float scale, float *scores, float *out, int kv_type) {
+    const int64_t row_stride = (int64_t)num_kv_heads * D, elem = kv_type == KV_F32 ? 4 : 2;
     const int num_q = num_kv * group;
-#define KV_AT(row, j, d) (is_f16 ? _cvtsh_ss(((const uint16_t *)(row))[(j) / group * D + (d)]) \
-                                 : ((const float *)(row))[(j) / group * D + (d)])
+#define KV_AT(row, j, d)                                                                     \
+    (kv_type == KV_F16    ? _cvtsh_ss(((const uint16_t *)(row))[(j) / group * D + (d)])    \
+     : kv_type == KV_BF16 ? bf16_to_float(((const uint16_t *)(row))[(j) / group * D + (d)]) \
+                          : ((const float *)(row))[(j) / group * D + (d)])
     for (int64_t t = 0; t < ctx; t++) {
         const char *row = kv_row(k_cache, blocks, t, block_size, row_stride, kv_head, D, elem);
         for (int j = 0; j < num_q; j++) {
@@ -298,55 +348,60 @@ static void attend_scalar(const float *q, const void *k_cache, const void *v_cac
 /* Specialisations with a compile-time head_dim and K/V type let the compiler unroll and keep rows in registers. */
 typedef void (*attend_fn)(const float *, const void *, const void *, const int64_t *, int64_t, int, int, int, int,
                           int, int, float, float *, float *);
-#define DEFINE_ATTEND(NAME, IMPL, DIM, F16)                                                                   \
+#define DEFINE_ATTEND(NAME, IMPL, DIM, KV)                                                                    \
     static void NAME(const float *q, const void *k, const void *v, const int64_t *blocks, int64_t ctx,        \
                      int group, int hkv, int head_dim, int bs, int h, int num_kv, float scale, float *scores,  \
                      float *out) {                                                                            \
-        IMPL(q, k, v, blocks, ctx, group, hkv, DIM, bs, h, num_kv, scale, scores, out, F16);                  \
+        IMPL(q, k, v, blocks, ctx, group, hkv, DIM, bs, h, num_kv, scale, scores, out, KV);                   \
     }
-DEFINE_ATTEND(attend_64, attend_vector, 64, 0)
-DEFINE_ATTEND(attend_128, attend_vector, 128, 0)
-DEFINE_ATTEND(attend_any, attend_vector, head_dim, 0)
-DEFINE_ATTEND(attend_64_f16, attend_vector, 64, 1)
-DEFINE_ATTEND(attend_128_f16, attend_vector, 128, 1)
-DEFINE_ATTEND(attend_any_f16, attend_vector, head_dim, 1)
+#define DEFINE_ATTEND_TYPES(NAME, IMPL, DIM)                \
+    DEFINE_ATTEND(NAME##_f32, IMPL, DIM, KV_F32)            \
+    DEFINE_ATTEND(NAME##_f16, IMPL, DIM, KV_F16)            \
+    DEFINE_ATTEND(NAME##_bf16, IMPL, DIM, KV_BF16)          \
+    static const attend_fn NAME[3] = {NAME##_f32, NAME##_f16, NAME##_bf16};
+DEFINE_ATTEND_TYPES(attend_64, attend_vector, 64)
+DEFINE_ATTEND_TYPES(attend_128, attend_vector, 128)
+DEFINE_ATTEND_TYPES(attend_any, attend_vector, head_dim)
 #if defined(__AVX512F__)
-DEFINE_ATTEND(attend_z16_64, attend_z16, 64, 0)
-DEFINE_ATTEND(attend_z16_128, attend_z16, 128, 0)
-DEFINE_ATTEND(attend_z16_64_f16, attend_z16, 64, 1)
-DEFINE_ATTEND(attend_z16_128_f16, attend_z16, 128, 1)
+DEFINE_ATTEND_TYPES(attend_z16_64, attend_z16, 64)
+DEFINE_ATTEND_TYPES(attend_z16_128, attend_z16, 128)
 #endif
-DEFINE_ATTEND(attend_scalar_f32, attend_scalar, head_dim, 0)
-DEFINE_ATTEND(attend_scalar_f16, attend_scalar, head_dim, 1)
+DEFINE_ATTEND_TYPES(attend_scalar_any, attend_scalar, head_dim)
 
-static attend_fn pick_attend(int head_dim, int kv_is_f16) {
-#if defined(__AVX512F__)
-    if (head_dim == 64) return kv_is_f16 ? attend_z16_64_f16 : attend_z16_64;
-    if (head_dim == 128) return kv_is_f16 ? attend_z16_128_f16 : attend_z16_128;
-#endif
-    if (head_dim % 8 || head_dim > MAX_DIM) return kv_is_f16 ? attend_scalar_f16 : attend_scalar_f32;
-    if (kv_is_f16) return head_dim == 64 ? attend_64_f16 : head_dim == 128 ? attend_128_f16 : attend_any_f16;
-    return head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
+/* Scratch one attention task needs: float32 scores [num_kv * group, ctx]. */
+static size_t attend_scratch_bytes(int num_kv, int group, int64_t max_ctx) {
+    return sizeof(float) * (size_t)num_kv * (size_t)group * (size_t)max_ctx;
 }
 
-/* k_cache / v_cache hold float32 (kv_is_f16 = 0) or float16 (kv_is_f16 = 1) elements. With enough sequences to
+/* The kernel for this head size and cache type. */
+static attend_fn pick_attend(int head_dim, int kv_type) {
+#if defined(__AVX512F__)
+    if (head_dim == 64) return attend_z16_64[kv_type];
+    if (head_dim == 128) return attend_z16_128[kv_type];
+#endif
+    if (head_dim % 8 || head_dim > MAX_DIM) return attend_scalar_any[kv_type];
+    return head_dim == 64 ? attend_64[kv_type] : head_dim == 128 ? attend_128[kv_type] : attend_any[kv_type];
+}
+
+/* k_cache / v_cache hold elements of kv_type (KV_F32, KV_F16, KV_BF16). With enough sequences to
  * keep every thread busy, one task takes a whole sequence (each K/V row read as one contiguous slice of all its
  * kv heads); otherwise one task per (sequence, kv head). */
 int yaie_paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
                                 const int64_t *block_table, const int64_t *context_lens, float *out,
                                 int num_seqs, int num_heads, int num_kv_heads, int head_dim, int block_size,
-                                int max_blocks, float scale, int num_threads, int kv_is_f16) {
+                                int max_blocks, float scale, int num_threads, int kv_type) {
     const int group = num_heads / num_kv_heads;
     if (group > MAX_GROUP || group * num_kv_heads != num_heads) return -1;
     int64_t max_ctx = 0;
     for (int b = 0; b < num_seqs; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
     const int whole_seqs = num_seqs >= 4 * num_threads && num_kv_heads * head_dim <= MAX_WIDTH;
     const int num_kv = whole_seqs ? num_kv_heads : 1, tasks_per_seq = num_kv_heads / num_kv;
-    const attend_fn attend_one = pick_attend(head_dim, kv_is_f16);
+    if (kv_type < KV_F32 || kv_type > KV_BF16) return -1;
+    const attend_fn attend_one = pick_attend(head_dim, kv_type);
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = (float *)malloc(sizeof(float) * num_kv * group * (max_ctx > 0 ? max_ctx : 1));
+        float *scores = (float *)malloc(attend_scratch_bytes(num_kv, group, max_ctx > 0 ? max_ctx : 1));
         if (!scores) {
             failed = 1;
         } else {

@@ -52,7 +52,7 @@ typedef struct {
 typedef struct {
     int64_t num_layers, hidden, num_heads, num_kv_heads, head_dim, intermediate;
     float eps, scale;
-    int64_t block_size, kv_is_f16, weight_kind;
+    int64_t block_size, kv_type, weight_kind; /* kv_type: paged_attention.c's KV_F32, KV_F16 or KV_BF16 */
     const float *cos, *sin; /* [max_position, D] */
     const float *final_norm;
     const layer_desc *layers;
@@ -256,16 +256,25 @@ static void rope_head(float *x, const float *cos, const float *sin, int64_t dim)
     }
 }
 
-static void store_kv(void *cache, int64_t offset, const float *src, int64_t n, int is_f16) {
-    if (!is_f16) {
+/* src [n] float32 -> the cache's element type at element `offset` (round to nearest even, as PyTorch's casts). */
+static void store_kv(void *cache, int64_t offset, const float *src, int64_t n, int kv_type) {
+    if (kv_type == KV_F32) {
         memcpy((float *)cache + offset, src, sizeof(float) * n);
         return;
     }
     uint16_t *dst = (uint16_t *)cache + offset;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; i++) dst[i] = _cvtss_sh(src[i], 0);
+    if (kv_type == KV_F16) {
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+        for (; i < n; i++) dst[i] = _cvtss_sh(src[i], 0);
+        return;
+    }
+    for (; i < n; i++) { /* bfloat16 */
+        uint32_t bits;
+        memcpy(&bits, src + i, sizeof bits);
+        dst[i] = (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
 }
 
 /* q/k norm, rotary and the K/V write for token b; qkv row [Hq*D | Hkv*D | Hkv*D]. */
@@ -279,8 +288,8 @@ static void position_and_store(const model_desc *m, const layer_desc *l, float *
         rope_head(head, cos, sin, D);
     }
     const int64_t row = slot * Hkv * D;
-    store_kv(l->k_cache, row, qkv + Hq * D, Hkv * D, (int)m->kv_is_f16);
-    store_kv(l->v_cache, row, qkv + (Hq + Hkv) * D, Hkv * D, (int)m->kv_is_f16);
+    store_kv(l->k_cache, row, qkv + Hq * D, Hkv * D, (int)m->kv_type);
+    store_kv(l->v_cache, row, qkv + (Hq + Hkv) * D, Hkv * D, (int)m->kv_type);
 }
 
 static float silu(float g) { return g / (1.f + expf(-g)); }
@@ -321,7 +330,7 @@ static void attend_all(const model_desc *m, const layer_desc *l, const float *qk
                        float *scores) {
     const int64_t D = m->head_dim, Hq = m->num_heads, Hkv = m->num_kv_heads, group = Hq / Hkv;
     const int64_t qkv_dim = (Hq + 2 * Hkv) * D, tasks_per_seq = Hkv / num_kv;
-    const attend_fn attend_one = pick_attend((int)D, (int)m->kv_is_f16);
+    const attend_fn attend_one = pick_attend((int)D, (int)m->kv_type);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * tasks_per_seq; task++) {
         const int64_t b = task / tasks_per_seq, h = task % tasks_per_seq * num_kv;
@@ -380,11 +389,13 @@ int yaie_fused_decode(const model_desc *m, float *x, int64_t B, const int64_t *p
     int64_t max_ctx = 1;
     for (int64_t b = 0; b < B; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
     const int num_kv = B >= 4 * num_threads && Hkv * D <= MAX_WIDTH ? (int)Hkv : 1;
-    float *scores_all = malloc(sizeof(float) * num_threads * num_kv * group * max_ctx);
+    if (m->kv_type < KV_F32 || m->kv_type > KV_BF16) return -1;
+    const size_t scratch_per_thread = (attend_scratch_bytes(num_kv, (int)group, max_ctx) + 63) / 64 * 64;
+    char *scores_all = malloc(scratch_per_thread * num_threads);
     if (!scores_all) return -2;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = scores_all + omp_get_thread_num() * num_kv * group * max_ctx;
+        float *scores = (float *)(scores_all + omp_get_thread_num() * scratch_per_thread);
         for (int64_t li = 0; li < m->num_layers; li++)
             decoder_layer(m, &m->layers[li], x, B, positions, slots, block_table, max_blocks, context_lens, &w,
                           num_kv, scores);
