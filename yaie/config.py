@@ -14,7 +14,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Policy = Literal["fcfs", "priority"]
 Quantization = Literal["none", "int8", "int4"]
-KVCacheDType = Literal["auto", "float32", "float16", "bfloat16"]
+KVCacheDType = Literal["auto", "float32", "float16", "bfloat16", "int8"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class CacheConfig:
     None picks a default: 384 MiB on CPU (RSS stays small), 85% of free device memory after the weights on CUDA.
     `num_blocks` overrides the memory budget (used by tests to force preemption).
     `kv_cache_dtype="auto"`: float16 on CPU (half the memory and bandwidth of float32, as llama.cpp's default;
-    attention still computes in float32), the model's dtype on CUDA. "float32" keeps K/V exact.
+    attention still computes in float32), the model's dtype on CUDA. "float32" keeps K/V exact. "int8" (CPU):
+    per-token, per-head int8 codes and a float32 scale, half of float16's bytes (attention/kv_layout.py).
     """
 
     block_size: int = 16
@@ -68,8 +69,9 @@ class CacheConfig:
             raise ValueError(f"kv_cache_memory must be > 0, got {self.kv_cache_memory}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
-        if self.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"kv_cache_dtype must be auto, float32, float16 or bfloat16, got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16", "int8"):
+            raise ValueError(
+                f"kv_cache_dtype must be auto, float32, float16, bfloat16 or int8, got {self.kv_cache_dtype!r}")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Blocks are scattered at random through the cache and contexts are ragged (1 token, fewer than eight, not a
 multiple of the block size), so a wrong slot, a missing tail row, a GQA head mix-up or a stale output row shows
-up as a large error. Head sizes cover the specialised 64 and 128, another multiple of 8 (vector path) and an
-odd size (scalar path). With one thread the seven sequences are one task each (all kv heads of a row at once);
+up as a large error. Every cache type is written by attention/kv_layout.py's writer and the reference reads
+the same bytes back (int8's codes and scales included). Head sizes cover the specialised 64 and 128, another
+multiple of 8 (vector path) and an odd size (scalar path). With one thread the seven sequences are one task each (all kv heads of a row at once);
 with two they are split per kv head, the kernel's other work split.
 """
 
@@ -17,18 +18,19 @@ import pytest
 import torch
 
 from yaie.attention.cpu_kernel import load_decode_kernel
+from yaie.attention.kv_layout import cache_shape, read_kv, write_kv
 
 
-def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
-               context_lens: torch.Tensor, block_size: int, scale: float) -> torch.Tensor:
+def _reference(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor, context_lens: torch.Tensor,
+               block_size: int, scale: float) -> torch.Tensor:
     num_seqs, num_heads, _ = q.shape
-    group = num_heads // k_cache.shape[1]
+    group = num_heads // kv_cache.shape[2]
     out = torch.empty_like(q)
     for b in range(num_seqs):
         positions = torch.arange(int(context_lens[b]))
         slots = block_table[b, positions // block_size] * block_size + positions % block_size
-        key = k_cache[slots].float().repeat_interleave(group, dim=1)  # [L, Hq, D]
-        value = v_cache[slots].float().repeat_interleave(group, dim=1)
+        key, value = read_kv(kv_cache, slots, torch.float32)  # [L, Hkv, D], as stored
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)  # [L, Hq, D]
         weights = torch.softmax(torch.einsum("hd,lhd->hl", q[b], key) * scale, dim=-1)  # [Hq, L]
         out[b] = torch.einsum("hl,lhd->hd", weights, value)
     return out
@@ -42,7 +44,8 @@ def num_threads(request: pytest.FixtureRequest) -> Iterator[int]:
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8],
+                         ids=["f32", "f16", "bf16", "i8"])
 @pytest.mark.parametrize(("head_dim", "num_heads", "num_kv_heads", "block_size"),
                          [(64, 9, 3, 16), (128, 8, 2, 16), (64, 12, 2, 8), (80, 4, 4, 5), (36, 6, 2, 16)],
                          ids=["d64-gqa3", "d128-gqa4", "d64-gqa6-bs8", "d80-mha-bs5", "d36-scalar"])
@@ -56,12 +59,15 @@ def test_matches_softmax_attention(kv_dtype: torch.dtype, head_dim: int, num_hea
     num_blocks = len(context_lens) * max_blocks + 3
     block_table = torch.randperm(num_blocks, generator=generator)[: len(context_lens) * max_blocks]
     block_table = block_table.view(len(context_lens), max_blocks).contiguous()
-    k_cache = torch.randn(num_blocks * block_size, num_kv_heads, head_dim, generator=generator).to(kv_dtype)
-    v_cache = torch.randn(num_blocks * block_size, num_kv_heads, head_dim, generator=generator).to(kv_dtype)
+    num_slots = num_blocks * block_size
+    kv_cache = torch.zeros(cache_shape(num_slots, num_kv_heads, head_dim, kv_dtype), dtype=kv_dtype)
+    k = torch.randn(num_slots, num_kv_heads, head_dim, generator=generator)
+    v = torch.randn(num_slots, num_kv_heads, head_dim, generator=generator)
+    write_kv(kv_cache, torch.arange(num_slots), k, v)
     q = torch.randn(len(context_lens), num_heads, head_dim, generator=generator)
     scale = head_dim**-0.5
-    got = kernel(q, k_cache, v_cache, block_table, context_lens, block_size, scale)
-    want = _reference(q, k_cache, v_cache, block_table, context_lens, block_size, scale)
+    got = kernel(q, kv_cache[0], kv_cache[1], block_table, context_lens, block_size, scale)
+    want = _reference(q, kv_cache, block_table, context_lens, block_size, scale)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 

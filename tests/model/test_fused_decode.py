@@ -157,15 +157,19 @@ def test_default_model_int4_answers_through_the_fused_step() -> None:
     assert "Paris" in out.text
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["float16", "int8"])
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_qwen3_dir"])
-def test_fused_int8_steps_match_the_int8_pytorch_path(model_fixture: str, request: pytest.FixtureRequest) -> None:
+def test_fused_int8_steps_match_the_int8_pytorch_path(model_fixture: str, kv_cache_dtype: str,
+                                                      request: pytest.FixtureRequest) -> None:
     """The int8 step uses the same packed weights, activation codes and matmul as the runner's Int8Linear, and
     takes prompt chunks too (each prompt token attended like a decode): every step, prompt-only, mixed and
-    decode-only, is checked against the model's path on the same inputs."""
+    decode-only, is checked against the model's path on the same inputs. With an int8 cache both paths store
+    the same codes and scales (attention/kv_layout.py's arithmetic)."""
     if load_int8_gemm_kernel() is None:
         pytest.skip("no AVX-512 VNNI: int8 steps stay on the PyTorch path")
     model_dir: Path = request.getfixturevalue(model_fixture)
-    llm = LLM(str(model_dir), num_blocks=64, block_size=4, quantization="int8", max_num_batched_tokens=24)
+    llm = LLM(str(model_dir), num_blocks=64, block_size=4, quantization="int8", max_num_batched_tokens=24,
+              kv_cache_dtype=kv_cache_dtype)
     runner = llm.engine.runner
     fused = runner.fused_decoder
     assert fused is not None and fused.max_batch == INT8_MAX_BATCH

@@ -1,5 +1,5 @@
 """Build and call the C paged-decode-attention kernel (csrc/paged_attention.c) on CPU: float32 queries, a float32,
-float16 or bfloat16 K/V cache.
+float16, bfloat16 or int8 K/V cache (attention/kv_layout.py).
 
 Built once with the system C compiler for this CPU (-march=native: ~10% faster than an AVX2 build, from the
 larger register file) into ~/.cache/yaie/kernels (keyed by the source's hash and the CPU's flags) and loaded with
@@ -24,8 +24,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
-# Cache element types the kernels read, as their kv_type codes (KV_F32, KV_F16, KV_BF16 in the C source).
-KV_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# Cache element types the kernels read, as their kv_type codes (KV_F32, KV_F16, KV_BF16, KV_I8 in the C source;
+# int8 in attention/kv_layout.py's layout).
+KV_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int8: 3}
 CFLAGS = ["-O3", "-march=x86-64-v3", "-ffast-math", "-fopenmp", "-fPIC"]
 NATIVE_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 # Linked in a separate step without -ffast-math: linking with it adds crtfastmath.o, whose constructor turns on
@@ -49,10 +50,11 @@ class DecodeKernel:
         block_size: int,
         scale: float,
     ) -> torch.Tensor:
-        # q: [B, Hq, D] float32 contiguous; k_cache, v_cache: [S, Hkv, D] float32, float16 or bfloat16;
+        # q: [B, Hq, D] float32 contiguous; k_cache, v_cache: [S, Hkv, D] float32, float16 or bfloat16, or
+        # [S, Hkv, D + 4] int8 (kv_layout);
         # block_table: [B, M] int64; context_lens: [B] int64 -> out: [B, Hq, D] float32
         if k_cache.dtype not in KV_DTYPES:
-            raise ValueError(f"the paged decode kernel reads float32, float16 or bfloat16 K/V, got {k_cache.dtype}")
+            raise ValueError(f"the paged decode kernel reads float32, float16, bfloat16 or int8 K/V, got {k_cache.dtype}")
         num_seqs, num_heads, head_dim = q.shape
         out = torch.empty_like(q)
         status = self._fn(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from yaie.attention.kv_layout import read_kv, write_kv
 from yaie.attention.metadata import AttentionMetadata, GroupMetadata
 
 
@@ -24,9 +25,8 @@ class TorchPagedAttention:
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        # q: [T, Hq, D]; k, v: [T, Hkv, D]; kv_cache: [2, S, Hkv, D] -> out: [T, Hq, D]
-        kv_cache[0].index_copy_(0, meta.slot_mapping, k.to(kv_cache.dtype))
-        kv_cache[1].index_copy_(0, meta.slot_mapping, v.to(kv_cache.dtype))
+        # q: [T, Hq, D]; k, v: [T, Hkv, D]; kv_cache: [2, S, Hkv, D] (kv_layout) -> out: [T, Hq, D]
+        write_kv(kv_cache, meta.slot_mapping, k, v)
         num_decode = meta.num_decode_tokens
         out = torch.empty_like(q)
         if meta.decode is not None and meta.decode_kernel is not None:
@@ -45,10 +45,9 @@ class TorchPagedAttention:
         # q: [Tg, Hq, D] -> [Tg, Hq, D]
         num_seqs, max_q, max_ctx = group.num_seqs, group.max_query_len, group.max_context_len
         assert group.gather_slots is not None and group.attend_mask is not None
-        flat_slots = group.gather_slots.view(-1)
         shape = (num_seqs, max_ctx, self.num_kv_heads, self.head_dim)
-        key = kv_cache[0].index_select(0, flat_slots).view(shape).to(q.dtype)
-        value = kv_cache[1].index_select(0, flat_slots).view(shape).to(q.dtype)
+        key, value = read_kv(kv_cache, group.gather_slots.view(-1), q.dtype)
+        key, value = key.view(shape), value.view(shape)
         if group.query_rows is None:  # one query token per sequence
             query = q.view(num_seqs, 1, self.num_heads, self.head_dim)
         else:

@@ -133,9 +133,11 @@ def select_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
 
 
 def select_kv_dtype(config: CacheConfig, dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """auto: float16 on CPU, the model's dtype elsewhere (see CacheConfig)."""
+    """auto: float16 on CPU, the model's dtype elsewhere (see CacheConfig). int8 is CPU-only."""
     if config.kv_cache_dtype == "auto":
         return torch.float16 if device.type == "cpu" else dtype
+    if config.kv_cache_dtype == "int8" and device.type != "cpu":
+        raise ValueError("kv_cache_dtype='int8' runs on CPU only (its attention is the C kernel)")
     return getattr(torch, config.kv_cache_dtype)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from yaie.attention.cpu_kernel import KV_DTYPES, load_decode_kernel
+from yaie.attention.kv_layout import bytes_per_slot, cache_shape
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.fused_decode import KIND_Q4_1, FusedDecoder, build_fused_decoder
 from yaie.runner.input_batch import StepInputs, prepare_inputs
@@ -107,20 +108,19 @@ class ModelRunner:
 
 def kv_bytes_per_block(model: LlamaForCausalLM, block_size: int, kv_dtype: torch.dtype) -> int:
     arch = model.arch
-    elem = torch.empty((), dtype=kv_dtype).element_size()
-    return 2 * arch.num_hidden_layers * block_size * arch.num_key_value_heads * arch.head_dim * elem
+    return arch.num_hidden_layers * block_size * bytes_per_slot(arch.num_key_value_heads, arch.head_dim, kv_dtype)
 
 
 def allocate_kv_caches(
     model: LlamaForCausalLM, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: torch.device
 ) -> list[torch.Tensor]:
-    """One [2, num_blocks * block_size, Hkv, D] tensor per layer, zeroed (masked slots must stay finite)."""
+    """One tensor per layer in attention/kv_layout.py's layout, zeroed (masked slots must stay finite)."""
     arch = model.arch
-    shape = (2, num_blocks * block_size, arch.num_key_value_heads, arch.head_dim)
+    shape = cache_shape(num_blocks * block_size, arch.num_key_value_heads, arch.head_dim, kv_dtype)
     return [_zeros(shape, kv_dtype, device) for _ in range(arch.num_hidden_layers)]
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int8: np.int8}
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -1,9 +1,10 @@
 /* Paged decode attention for CPU: float32 queries and outputs, K/V cache in float32, float16 (widened with
- * F16C) or bfloat16 (kv_type: KV_F32, KV_F16, KV_BF16), one query token per sequence, K/V read in place through the block table -- no gather copy. Work is
- * split over (sequence, kv head) pairs with OpenMP; within a pair every K/V row is read from memory once and
- * used by all the query heads of its GQA group.
+ * F16C), bfloat16 or int8 (kv_type: KV_F32, KV_F16, KV_BF16, KV_I8), one query token per sequence, K/V read in
+ * place through the block table -- no gather copy. Work is split over (sequence, kv head) pairs with OpenMP;
+ * within a pair every K/V row is read from memory once and used by all the query heads of its GQA group.
  *
- * Layouts: q, out [B, Hq, D]; k_cache, v_cache [S, Hkv, D] (S = num_blocks * block_size);
+ * Layouts: q, out [B, Hq, D]; k_cache, v_cache [S, Hkv, D] (S = num_blocks * block_size), for KV_I8
+ * [S, Hkv, D + 4] bytes: each head's D codes followed by their float32 scale (value = code * scale);
  * block_table [B, max_blocks]; context_lens [B].
  *
  * The vector path (head_dim a multiple of 8, at most MAX_DIM) takes rows eight at a time: they are widened to
@@ -23,7 +24,20 @@
 #define ROWS 8
 #define PREFETCH_ROWS 32 /* rows ahead of the one being widened that are requested from memory */
 
-enum { KV_F32 = 0, KV_F16 = 1, KV_BF16 = 2 }; /* kv_type: the cache's element type */
+enum { KV_F32 = 0, KV_F16 = 1, KV_BF16 = 2, KV_I8 = 3 }; /* kv_type: the cache's element type */
+#define I8_SCALE_BYTES 4
+
+/* Bytes one kv head takes in a cache row. */
+static inline int64_t kv_head_bytes(int kv_type, int D) {
+    return kv_type == KV_I8 ? D + I8_SCALE_BYTES : (int64_t)D * (kv_type == KV_F32 ? 4 : 2);
+}
+
+/* KV_I8: the scale stored after a head's D codes. */
+static inline float i8_scale(const char *head, int D) {
+    float s;
+    memcpy(&s, head + D, sizeof s);
+    return s;
+}
 
 static inline float bf16_to_float(uint16_t h) {
     const uint32_t bits = (uint32_t)h << 16;
@@ -32,11 +46,35 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-/* Row `o` of kv head `kv_head` in the cache, addressed through the sequence's block table. */
+/* Context position t's cache row (row_bytes long), from kv head `kv_head` (head_bytes each) on, addressed through
+ * the sequence's block table. */
 static inline const char *kv_row(const void *cache, const int64_t *blocks, int64_t t, int block_size,
-                                 int64_t row_stride, int kv_head, int head_dim, int64_t elem) {
+                                 int64_t row_bytes, int kv_head, int64_t head_bytes) {
     const int64_t slot = blocks[t / block_size] * block_size + t % block_size;
-    return (const char *)cache + (slot * row_stride + (int64_t)kv_head * head_dim) * elem;
+    return (const char *)cache + slot * row_bytes + kv_head * head_bytes;
+}
+
+/* dst [D] float32 <- one kv head's D cached elements (eight at a time; D a multiple of 8). */
+static inline __attribute__((always_inline)) void widen_head8(float *dst, const char *src, const int D,
+                                                              const int kv_type) {
+    if (kv_type == KV_F32) {
+        memcpy(dst, src, sizeof(float) * D);
+        return;
+    }
+    const __m256 scale = _mm256_set1_ps(kv_type == KV_I8 ? i8_scale(src, D) : 1.f);
+    for (int d = 0; d < D; d += 8) {
+        __m256 v;
+        if (kv_type == KV_F16) {
+            v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + d)));
+        } else if (kv_type == KV_BF16) {
+            const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + d)));
+            v = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        } else {
+            v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(src + d)))),
+                              scale);
+        }
+        _mm256_storeu_ps(dst + d, v);
+    }
 }
 
 /* Widen `n` (<= ROWS) rows starting at context position t0 -- `width` elements each, from kv head `kv_head` on --
@@ -45,33 +83,22 @@ static inline const char *kv_row(const void *cache, const int64_t *blocks, int64
  * hardware prefetcher alone leaves each row's first load waiting on memory. */
 static inline __attribute__((always_inline)) void load_rows(
     float *buf, const void *cache, const int64_t *blocks, int64_t t0, int n, int64_t ctx, int block_size,
-    int64_t row_stride, int kv_head, const int D, const int width, const int kv_type) {
-    const int64_t elem = kv_type == KV_F32 ? 4 : 2, row_bytes = row_stride * elem;
+    int64_t row_bytes, int kv_head, const int D, const int width, const int kv_type) {
+    const int64_t head_bytes = kv_head_bytes(kv_type, D), num_kv = width / D;
     for (int r = 0; r < n && t0 + r + PREFETCH_ROWS < ctx; r++) {
-        const char *ahead = kv_row(cache, blocks, t0 + r + PREFETCH_ROWS, block_size, row_stride, kv_head, D, elem);
-        for (int64_t line = 0; line < width * elem; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+        const char *ahead = kv_row(cache, blocks, t0 + r + PREFETCH_ROWS, block_size, row_bytes, kv_head, head_bytes);
+        for (int64_t line = 0; line < num_kv * head_bytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
     }
     int64_t blk = t0 / block_size, offset = t0 % block_size;
-    const char *row = kv_row(cache, blocks, t0, block_size, row_stride, kv_head, D, elem);
+    const char *row = kv_row(cache, blocks, t0, block_size, row_bytes, kv_head, head_bytes);
     for (int r = 0; r < ROWS; r++) {
-        float *dst = buf + r * width;
-        if (kv_type == KV_F16) {
-            for (int d = 0; d < width; d += 8)
-                _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d))));
-        } else if (kv_type == KV_BF16) {
-            for (int d = 0; d < width; d += 8) {
-                const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + d)));
-                _mm256_storeu_ps(dst + d, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
-            }
-        } else {
-            memcpy(dst, row, sizeof(float) * width);
-        }
+        for (int64_t kv = 0; kv < num_kv; kv++) widen_head8(buf + r * width + kv * D, row + kv * head_bytes, D, kv_type);
         if (r + 1 >= n) continue; /* the remaining rows repeat this one */
         if (++offset < block_size) {
             row += row_bytes;
         } else {
             offset = 0;
-            row = kv_row(cache, blocks, ++blk * block_size, block_size, row_stride, kv_head, D, elem);
+            row = kv_row(cache, blocks, ++blk * block_size, block_size, row_bytes, kv_head, head_bytes);
         }
     }
 }
@@ -157,14 +184,14 @@ static inline __attribute__((always_inline)) void attend_vector(
     const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks, int64_t ctx, int group,
     int num_kv_heads, const int D, int block_size, int kv_head, int num_kv, float scale, float *scores, float *out,
     const int kv_type) {
-    const int64_t row_stride = (int64_t)num_kv_heads * D;
+    const int64_t row_bytes = num_kv_heads * kv_head_bytes(kv_type, D);
     const int width = num_kv * D, num_q = num_kv * group;
     float buf[ROWS * MAX_WIDTH] __attribute__((aligned(64)));
     float lanes[ROWS];
     /* Pass 1: scores[j, t] = scale * q_j . k_t for query head j of kv head j / group. */
     for (int64_t t0 = 0; t0 < ctx; t0 += ROWS) {
         const int n = ctx - t0 < ROWS ? (int)(ctx - t0) : ROWS;
-        load_rows(buf, k_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, kv_type);
+        load_rows(buf, k_cache, blocks, t0, n, ctx, block_size, row_bytes, kv_head, D, width, kv_type);
         for (int j = 0; j < num_q; j++) {
             const __m256 dots = _mm256_mul_ps(dot8(q + j * D, buf + j / group * D, D, width), _mm256_set1_ps(scale));
             if (n == ROWS) {
@@ -179,7 +206,7 @@ static inline __attribute__((always_inline)) void attend_vector(
     /* Pass 2: out_j = sum_t p[j, t] * v_t. */
     for (int64_t t0 = 0; t0 < ctx; t0 += ROWS) {
         const int n = ctx - t0 < ROWS ? (int)(ctx - t0) : ROWS;
-        load_rows(buf, v_cache, blocks, t0, n, ctx, block_size, row_stride, kv_head, D, width, kv_type);
+        load_rows(buf, v_cache, blocks, t0, n, ctx, block_size, row_bytes, kv_head, D, width, kv_type);
         for (int j = 0; j < num_q; j++)
             weighted_sum(out + j * D, scores + j * ctx + t0, buf + j / group * D, n, D, width);
     }
@@ -193,37 +220,27 @@ static inline __attribute__((always_inline)) void attend_vector(
  * from DRAM: 613 -> 548 us per layer against one kv head's rows at a time) and updates two query heads' output
  * rows per pass over the widened block. */
 #define Z16 16
-#define PREFETCH_BLOCKS 4 /* sixteen-row blocks ahead of the one being read that are requested from memory */
 
 /* Row addresses of context positions [t0, t0 + 16) (past `ctx`: the last one again), first kv head `kv_head`. */
 static inline void row_ptrs(const char **rows, const void *cache, const int64_t *blocks, int64_t t0, int64_t ctx,
-                            int block_size, int64_t row_stride, int kv_head, int D, int64_t elem) {
+                            int block_size, int64_t row_bytes, int kv_head, int64_t head_bytes) {
     int64_t blk = t0 / block_size, offset = t0 % block_size;
-    const char *row = kv_row(cache, blocks, t0, block_size, row_stride, kv_head, D, elem);
+    const char *row = kv_row(cache, blocks, t0, block_size, row_bytes, kv_head, head_bytes);
     for (int r = 0; r < Z16; r++) {
         rows[r] = row;
         if (t0 + r + 1 >= ctx) continue;
         if (++offset < block_size) {
-            row += row_stride * elem;
+            row += row_bytes;
         } else {
             offset = 0;
-            row = kv_row(cache, blocks, ++blk * block_size, block_size, row_stride, kv_head, D, elem);
+            row = kv_row(cache, blocks, ++blk * block_size, block_size, row_bytes, kv_head, head_bytes);
         }
     }
 }
 
-/* Requests rows [t0, t0 + 16) -- `bytes` of each from the row address on -- from memory ahead of their use. */
-static inline void prefetch_rows(const void *cache, const int64_t *blocks, int64_t t0, int64_t ctx, int block_size,
-                                 int64_t row_stride, int kv_head, int D, int64_t elem, int64_t bytes) {
-    if (t0 >= ctx) return;
-    const char *rows[Z16];
-    row_ptrs(rows, cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
-    const int n = ctx - t0 < Z16 ? (int)(ctx - t0) : Z16;
-    for (int r = 0; r < n; r++)
-        for (int64_t line = 0; line < bytes; line += 64) _mm_prefetch(rows[r] + line, _MM_HINT_T0);
-}
-
+/* Sixteen cached elements as float32 (KV_I8: the codes, unscaled). */
 static inline __attribute__((always_inline)) __m512 load16(const char *p, const int kv_type) {
+    if (kv_type == KV_I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
     if (kv_type == KV_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
     if (kv_type == KV_BF16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
@@ -246,38 +263,36 @@ static inline __attribute__((always_inline)) __m512 reduce16(const __m512 *v) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
 }
 
-/* Widens rows [t0, t0 + 16) of this task's kv heads (num_kv * D elements each, read in order) into
- * buf [num_kv][16][D] float32. */
+/* Widens rows [t0, t0 + 16) of this task's kv heads (read in memory order) into buf [num_kv][16][D] float32. */
 static inline __attribute__((always_inline)) void widen_block(float *buf, const char *const *rows, int num_kv,
-                                                              const int D, const int64_t elem, const int kv_type) {
+                                                              const int D, const int kv_type) {
+    const int64_t head_bytes = kv_head_bytes(kv_type, D), elem = kv_type == KV_F32 ? 4 : kv_type == KV_I8 ? 1 : 2;
     for (int r = 0; r < Z16; r++)
-        for (int kv = 0; kv < num_kv; kv++)
-            for (int d = 0; d < D; d += 16)
-                _mm512_store_ps(buf + (kv * Z16 + r) * D + d, load16(rows[r] + (kv * D + d) * elem, kv_type));
+        for (int kv = 0; kv < num_kv; kv++) {
+            const char *head = rows[r] + kv * head_bytes;
+            const __m512 scale = _mm512_set1_ps(kv_type == KV_I8 ? i8_scale(head, D) : 1.f);
+            for (int d = 0; d < D; d += 16) {
+                __m512 v = load16(head + d * elem, kv_type);
+                if (kv_type == KV_I8) v = _mm512_mul_ps(v, scale);
+                _mm512_store_ps(buf + (kv * Z16 + r) * D + d, v);
+            }
+        }
 }
 
 static inline __attribute__((always_inline)) void attend_z16(
     const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks, int64_t ctx, int group,
     int num_kv_heads, const int D, int block_size, int kv_head, int num_kv, float scale, float *scores, float *out,
     const int kv_type) {
-    const int64_t row_stride = (int64_t)num_kv_heads * D, elem = kv_type == KV_F32 ? 4 : 2, width = num_kv * D * elem;
+    const int64_t head_bytes = kv_head_bytes(kv_type, D), row_bytes = num_kv_heads * head_bytes;
     const int num_q = num_kv * group;
     float buf[Z16 * MAX_WIDTH] __attribute__((aligned(64)));
     const char *rows[Z16];
-    /* Pass 1: scores[j, t] = scale * q_j . k_t. The first blocks of K are requested together up front, and the
-     * first blocks of V while the last blocks of K are read (a task otherwise starts each pass cold). */
-    for (int64_t t0 = 0; t0 < Z16 * PREFETCH_BLOCKS; t0 += Z16)
-        prefetch_rows(k_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem, width);
+    /* Pass 1: scores[j, t] = scale * q_j . k_t. (Software prefetching measured no gain on this path: the
+     * hardware prefetcher follows the in-order reads.) */
     for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
         const int n = ctx - t0 < Z16 ? (int)(ctx - t0) : Z16;
-        const int64_t ahead = t0 + Z16 * PREFETCH_BLOCKS;
-        if (ahead < ctx)
-            prefetch_rows(k_cache, blocks, ahead, ctx, block_size, row_stride, kv_head, D, elem, width);
-        else
-            prefetch_rows(v_cache, blocks, ahead - (ctx + Z16 - 1) / Z16 * Z16, ctx, block_size, row_stride, kv_head,
-                          D, elem, width);
-        row_ptrs(rows, k_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
-        widen_block(buf, rows, num_kv, D, elem, kv_type);
+        row_ptrs(rows, k_cache, blocks, t0, ctx, block_size, row_bytes, kv_head, head_bytes);
+        widen_block(buf, rows, num_kv, D, kv_type);
         for (int j = 0; j < num_q; j++) {
             const float *kb = buf + j / group * Z16 * D;
             __m512 acc[Z16];
@@ -295,10 +310,8 @@ static inline __attribute__((always_inline)) void attend_z16(
      * each query head's output row updated from the widened block, two heads at a time. */
     for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
         const int n = ctx - t0 < Z16 ? (int)(ctx - t0) : Z16;
-        prefetch_rows(v_cache, blocks, t0 + Z16 * PREFETCH_BLOCKS, ctx, block_size, row_stride, kv_head, D, elem,
-                      width);
-        row_ptrs(rows, v_cache, blocks, t0, ctx, block_size, row_stride, kv_head, D, elem);
-        widen_block(buf, rows, num_kv, D, elem, kv_type);
+        row_ptrs(rows, v_cache, blocks, t0, ctx, block_size, row_bytes, kv_head, head_bytes);
+        widen_block(buf, rows, num_kv, D, kv_type);
         for (int j = 0; j < num_q; j += 2) {
             const int nh = j + 1 < num_q ? 2 : 1;
             __m512 acc[2][8];
@@ -318,18 +331,25 @@ static inline __attribute__((always_inline)) void attend_z16(
 }
 #endif
 
+/* Element d of one kv head's cached row, as float32. */
+static inline float kv_element(const char *head, int d, int D, int kv_type) {
+    switch (kv_type) {
+    case KV_F16: return _cvtsh_ss(((const uint16_t *)head)[d]);
+    case KV_BF16: return bf16_to_float(((const uint16_t *)head)[d]);
+    case KV_I8: return (float)((const int8_t *)head)[d] * i8_scale(head, D);
+    default: return ((const float *)head)[d];
+    }
+}
+
 /* Any head size: one row at a time, scalar (same contract as attend_vector). */
 static void attend_scalar(const float *q, const void *k_cache, const void *v_cache, const int64_t *blocks,
                           int64_t ctx, int group, int num_kv_heads, int D, int block_size, int kv_head, int num_kv,
                           float scale, float *scores, float *out, int kv_type) {
-    const int64_t row_stride = (int64_t)num_kv_heads * D, elem = kv_type == KV_F32 ? 4 : 2;
+    const int64_t head_bytes = kv_head_bytes(kv_type, D), row_bytes = num_kv_heads * head_bytes;
     const int num_q = num_kv * group;
-#define KV_AT(row, j, d)                                                                     \
-    (kv_type == KV_F16    ? _cvtsh_ss(((const uint16_t *)(row))[(j) / group * D + (d)])    \
-     : kv_type == KV_BF16 ? bf16_to_float(((const uint16_t *)(row))[(j) / group * D + (d)]) \
-                          : ((const float *)(row))[(j) / group * D + (d)])
+#define KV_AT(row, j, d) kv_element((row) + (j) / group * head_bytes, d, D, kv_type)
     for (int64_t t = 0; t < ctx; t++) {
-        const char *row = kv_row(k_cache, blocks, t, block_size, row_stride, kv_head, D, elem);
+        const char *row = kv_row(k_cache, blocks, t, block_size, row_bytes, kv_head, head_bytes);
         for (int j = 0; j < num_q; j++) {
             float dot = 0.f;
             for (int d = 0; d < D; d++) dot += q[j * D + d] * KV_AT(row, j, d);
@@ -338,7 +358,7 @@ static void attend_scalar(const float *q, const void *k_cache, const void *v_cac
     }
     softmax_rows(scores, num_q, ctx, out, D);
     for (int64_t t = 0; t < ctx; t++) {
-        const char *row = kv_row(v_cache, blocks, t, block_size, row_stride, kv_head, D, elem);
+        const char *row = kv_row(v_cache, blocks, t, block_size, row_bytes, kv_head, head_bytes);
         for (int j = 0; j < num_q; j++)
             for (int d = 0; d < D; d++) out[j * D + d] += scores[j * ctx + t] * KV_AT(row, j, d);
     }
@@ -358,7 +378,8 @@ typedef void (*attend_fn)(const float *, const void *, const void *, const int64
     DEFINE_ATTEND(NAME##_f32, IMPL, DIM, KV_F32)            \
     DEFINE_ATTEND(NAME##_f16, IMPL, DIM, KV_F16)            \
     DEFINE_ATTEND(NAME##_bf16, IMPL, DIM, KV_BF16)          \
-    static const attend_fn NAME[3] = {NAME##_f32, NAME##_f16, NAME##_bf16};
+    DEFINE_ATTEND(NAME##_i8, IMPL, DIM, KV_I8)              \
+    static const attend_fn NAME[4] = {NAME##_f32, NAME##_f16, NAME##_bf16, NAME##_i8};
 DEFINE_ATTEND_TYPES(attend_64, attend_vector, 64)
 DEFINE_ATTEND_TYPES(attend_128, attend_vector, 128)
 DEFINE_ATTEND_TYPES(attend_any, attend_vector, head_dim)
@@ -383,7 +404,7 @@ static attend_fn pick_attend(int head_dim, int kv_type) {
     return head_dim == 64 ? attend_64[kv_type] : head_dim == 128 ? attend_128[kv_type] : attend_any[kv_type];
 }
 
-/* k_cache / v_cache hold elements of kv_type (KV_F32, KV_F16, KV_BF16). With enough sequences to
+/* k_cache / v_cache hold elements of kv_type (KV_F32, KV_F16, KV_BF16, KV_I8). With enough sequences to
  * keep every thread busy, one task takes a whole sequence (each K/V row read as one contiguous slice of all its
  * kv heads); otherwise one task per (sequence, kv head). */
 int yaie_paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
@@ -396,7 +417,7 @@ int yaie_paged_decode_attention(const float *q, const void *k_cache, const void 
     for (int b = 0; b < num_seqs; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
     const int whole_seqs = num_seqs >= 4 * num_threads && num_kv_heads * head_dim <= MAX_WIDTH;
     const int num_kv = whole_seqs ? num_kv_heads : 1, tasks_per_seq = num_kv_heads / num_kv;
-    if (kv_type < KV_F32 || kv_type > KV_BF16) return -1;
+    if (kv_type < KV_F32 || kv_type > KV_I8) return -1;
     const attend_fn attend_one = pick_attend(head_dim, kv_type);
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)

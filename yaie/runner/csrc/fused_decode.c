@@ -46,7 +46,7 @@ typedef struct {
     const float *input_norm, *post_norm; /* [H] */
     const float *q_norm, *k_norm;        /* [D] or NULL */
     weight_desc qkv, o, gate_up, down;
-    void *k_cache, *v_cache; /* [S, Hkv, D] float32 or float16 */
+    void *k_cache, *v_cache; /* [S, Hkv, D] of the kv_type (KV_I8: [S, Hkv, D + 4] bytes, see paged_attention.c) */
 } layer_desc;
 
 typedef struct {
@@ -256,24 +256,32 @@ static void rope_head(float *x, const float *cos, const float *sin, int64_t dim)
     }
 }
 
-/* src [n] float32 -> the cache's element type at element `offset` (round to nearest even, as PyTorch's casts). */
-static void store_kv(void *cache, int64_t offset, const float *src, int64_t n, int kv_type) {
+/* One kv head's D values of src float32 -> the cache's element type at `dst` (round to nearest even, as
+ * PyTorch's casts; KV_I8: codes round(x * (1 / scale)) with scale = max|x| / 127, as runner/kv_layout.py). */
+__attribute__((optimize("no-fast-math", "finite-math-only", "no-trapping-math", "no-signed-zeros")))
+static void store_head(char *dst, const float *src, int64_t D, int kv_type) {
     if (kv_type == KV_F32) {
-        memcpy((float *)cache + offset, src, sizeof(float) * n);
+        memcpy(dst, src, sizeof(float) * D);
         return;
     }
-    uint16_t *dst = (uint16_t *)cache + offset;
+    uint16_t *half = (uint16_t *)dst;
     int64_t i = 0;
     if (kv_type == KV_F16) {
-        for (; i + 8 <= n; i += 8)
-            _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-        for (; i < n; i++) dst[i] = _cvtss_sh(src[i], 0);
-        return;
-    }
-    for (; i < n; i++) { /* bfloat16 */
-        uint32_t bits;
-        memcpy(&bits, src + i, sizeof bits);
-        dst[i] = (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+        for (; i + 8 <= D; i += 8)
+            _mm_storeu_si128((__m128i *)(half + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+        for (; i < D; i++) half[i] = _cvtss_sh(src[i], 0);
+    } else if (kv_type == KV_BF16) {
+        for (; i < D; i++) {
+            uint32_t bits;
+            memcpy(&bits, src + i, sizeof bits);
+            half[i] = (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+        }
+    } else {
+        float amax = 0.f;
+        for (; i < D; i++) amax = fmaxf(amax, fabsf(src[i]));
+        const float scale = fmaxf(amax, 1e-12f) / 127.f, inv = 1.f / scale;
+        for (i = 0; i < D; i++) ((int8_t *)dst)[i] = (int8_t)nearbyintf(src[i] * inv);
+        memcpy(dst + D, &scale, sizeof scale);
     }
 }
 
@@ -287,9 +295,11 @@ static void position_and_store(const model_desc *m, const layer_desc *l, float *
         if (norm) rms_norm(head, norm, D, m->eps, head);
         rope_head(head, cos, sin, D);
     }
-    const int64_t row = slot * Hkv * D;
-    store_kv(l->k_cache, row, qkv + Hq * D, Hkv * D, (int)m->kv_type);
-    store_kv(l->v_cache, row, qkv + (Hq + Hkv) * D, Hkv * D, (int)m->kv_type);
+    const int64_t head_bytes = kv_head_bytes((int)m->kv_type, (int)D), row = slot * Hkv * head_bytes;
+    for (int64_t h = 0; h < Hkv; h++) {
+        store_head((char *)l->k_cache + row + h * head_bytes, qkv + (Hq + h) * D, D, (int)m->kv_type);
+        store_head((char *)l->v_cache + row + h * head_bytes, qkv + (Hq + Hkv + h) * D, D, (int)m->kv_type);
+    }
 }
 
 static float silu(float g) { return g / (1.f + expf(-g)); }
@@ -389,7 +399,7 @@ int yaie_fused_decode(const model_desc *m, float *x, int64_t B, const int64_t *p
     int64_t max_ctx = 1;
     for (int64_t b = 0; b < B; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
     const int num_kv = B >= 4 * num_threads && Hkv * D <= MAX_WIDTH ? (int)Hkv : 1;
-    if (m->kv_type < KV_F32 || m->kv_type > KV_BF16) return -1;
+    if (m->kv_type < KV_F32 || m->kv_type > KV_I8) return -1;
     const size_t scratch_per_thread = (attend_scratch_bytes(num_kv, (int)group, max_ctx) + 63) / 64 * 64;
     char *scores_all = malloc(scratch_per_thread * num_threads);
     if (!scores_all) return -2;
