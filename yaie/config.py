@@ -51,9 +51,10 @@ class CacheConfig:
     `kv_cache_memory` is bytes when > 1, else a fraction of free memory (host RAM on CPU, device memory on CUDA);
     None picks a default: 384 MiB on CPU (RSS stays small), 85% of free device memory after the weights on CUDA.
     `num_blocks` overrides the memory budget (used by tests to force preemption).
-    `kv_cache_dtype="auto"`: float16 on CPU (half the memory and bandwidth of float32, as llama.cpp's default;
-    attention still computes in float32), the model's dtype on CUDA. "float32" keeps K/V exact. "int8" (CPU):
-    per-token, per-head int8 codes and a float32 scale, half of float16's bytes (attention/kv_layout.py).
+    `kv_cache_dtype="auto"`: on CPU float16 (half the memory and bandwidth of float32, as llama.cpp's default;
+    attention still computes in float32), or int8 with int8 weights; the model's dtype on CUDA. "float32" keeps
+    K/V exact. "int8" (CPU): per-token, per-head int8 codes and a float32 scale, half of float16's bytes for the
+    memory-bound decode attention (attention/kv_layout.py; SmolLM2 perplexity +0.2% with float32 weights).
     """
 
     block_size: int = 16

@@ -74,3 +74,11 @@ def test_default_model_answers_with_an_int8_cache() -> None:
     out = llm.chat([{"role": "user", "content": "What is the capital of France? Answer in one word."}],
                    SamplingParams(temperature=0, max_tokens=32))[0].outputs[0]
     assert "Paris" in out.text
+
+
+def test_auto_picks_int8_for_int8_weights_on_cpu(tiny_llama_dir: Path) -> None:
+    kv_dtypes = {q: LLM(str(tiny_llama_dir), num_blocks=8, quantization=q).engine.runner.kv_caches[0].dtype
+                 for q in ("none", "int8", "int4")}
+    assert kv_dtypes == {"none": torch.float16, "int8": torch.int8, "int4": torch.float16}
+    explicit = LLM(str(tiny_llama_dir), num_blocks=8, quantization="int8", kv_cache_dtype="float16")
+    assert explicit.engine.runner.kv_caches[0].dtype == torch.float16

@@ -60,7 +60,7 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         logger.info("%s quantization: %d linear layers", config.model.quantization, num_layers)
     elif config.runner.onednn_linear and device.type == "cpu" and dtype == torch.float32:
         logger.info("float32 linears on oneDNN (pre-packed weights): %d layers", use_onednn_linears(model))
-    kv_dtype = select_kv_dtype(config.cache, dtype, device)
+    kv_dtype = select_kv_dtype(config.cache, dtype, device, config.model.quantization)
     num_blocks = plan_num_blocks(config.cache, model, kv_dtype, device, max_model_len)
     runner = ModelRunner(model, num_blocks, config.cache.block_size, device, kv_dtype, seed=config.model.seed,
                          use_cpu_kernel=config.runner.cpu_attention_kernel,
@@ -132,10 +132,14 @@ def select_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
     return getattr(torch, config.dtype)
 
 
-def select_kv_dtype(config: CacheConfig, dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """auto: float16 on CPU, the model's dtype elsewhere (see CacheConfig). int8 is CPU-only."""
+def select_kv_dtype(config: CacheConfig, dtype: torch.dtype, device: torch.device, quantization: str = "none"
+                    ) -> torch.dtype:
+    """auto: on CPU int8 for int8 weights (the throughput scheme), else float16; the model's dtype elsewhere (see
+    CacheConfig). int8 is CPU-only."""
+    if config.kv_cache_dtype == "auto" and device.type == "cpu":
+        return torch.int8 if quantization == "int8" else torch.float16
     if config.kv_cache_dtype == "auto":
-        return torch.float16 if device.type == "cpu" else dtype
+        return dtype
     if config.kv_cache_dtype == "int8" and device.type != "cpu":
         raise ValueError("kv_cache_dtype='int8' runs on CPU only (its attention is the C kernel)")
     return getattr(torch, config.kv_cache_dtype)

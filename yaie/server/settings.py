@@ -89,9 +89,9 @@ class ServeSettings(BaseModel):
                                          "memory.kv_cache_memory", gt=0)
     num_blocks: int | None = _opt(None, "Exact number of KV blocks (overrides kv_cache_memory).",
                                   "memory.num_blocks", ge=1)
-    kv_cache_dtype: KVCacheDType = _opt("auto", "KV-cache element type (auto: float16 on CPU, the model's dtype "
-                                                "on CUDA; float32 keeps K/V exact; int8, CPU only: half of "
-                                                "float16's bytes).", "memory.kv_cache_dtype")
+    kv_cache_dtype: KVCacheDType = _opt("auto", "KV-cache element type (auto: float16 on CPU, int8 with int8 "
+                                                "weights, the model's dtype on CUDA; float32 keeps K/V exact; "
+                                                "int8, CPU only: half of float16's bytes).", "memory.kv_cache_dtype")
     enable_prefix_caching: bool = _opt(True, "Reuse the KV of shared prompt prefixes.",
                                        "memory.enable_prefix_caching", flag="--prefix-caching")
     # runner
