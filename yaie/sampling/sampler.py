@@ -6,8 +6,8 @@ Stages, each skipped when no row of the batch needs it:
   2. logprobs: log_softmax of the logits after stage 1, before temperature and top-k/top-p/min-p. This matches
      vLLM's default "raw processed" logprobs: they describe the model's (penalised) distribution, not the
      truncated one a token was drawn from, so they stay comparable across sampling settings.
-  3. greedy rows: argmax of the stage-1 logits (exactly torch.argmax of the raw logits without edits; ties
-     go to the first index)
+  3. greedy rows: argmax of the stage-1 logits (ties go to the first index, as torch.argmax; computed as
+     `max(dim=-1).indices`, which is 2.5x faster on CPU at [32, 49152])
   4. random rows: temperature -> top-k -> top-p -> min-p, then inverse-CDF sampling with one uniform per row.
      Rows with top-k work on their k candidates only (`topk`), never touching the full vocabulary again.
      Other rows turn top-p and min-p into one probability cutoff per row and mask once. Top-p's cutoff is
@@ -28,6 +28,11 @@ from yaie.types import TokenLogprob
 
 TOP_P_NUM_CANDIDATES = 256  # first search width for a top-p nucleus; rows that need more retry 16x wider
 _TOP_P_CANDIDATE_GROWTH = 16
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """[N, V] -> [N] index of each row's largest logit, the first one on ties (torch.argmax's result)."""
+    return logits.max(dim=-1).indices
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class Sampler:
         if metadata.allowed_tokens is not None:
             logits = apply_allowed_tokens(logits.float(), metadata.allowed_tokens)
         if metadata.is_plain_greedy:
-            return SamplerOutput(token_ids=logits.argmax(dim=-1), logprobs=[None] * metadata.num_rows)
+            return SamplerOutput(token_ids=greedy(logits), logprobs=[None] * metadata.num_rows)
         if logits.dtype != torch.float32:
             logits = logits.float()
         logits = apply_logit_edits(logits, metadata.edits)
@@ -68,9 +73,9 @@ class Sampler:
 
     def _sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         if metadata.all_greedy:
-            return logits.argmax(dim=-1)
+            return greedy(logits)
         if metadata.any_greedy:
-            token_ids = logits.argmax(dim=-1)  # [N]; random rows are overwritten below
+            token_ids = greedy(logits)  # [N]; random rows are overwritten below
         else:
             token_ids = torch.empty(metadata.num_rows, dtype=torch.int64, device=logits.device)
         # The top-k group only reads `logits`; the full-vocabulary group may write into it, so it goes last.

@@ -167,16 +167,22 @@ static void amx_store(const i8_gemm_args *g, int32_t *buf, int64_t r0, int first
  * earlier block already produced (the last block of an M that is not a multiple of 16 overlaps its neighbour). */
 static inline __attribute__((always_inline)) void amx_kernel(const i8_gemm_args *g, int64_t r0, int skip0,
                                                              int64_t r1, int skip1, int rows, int64_t t0,
-                                                             const int MB, const int NT) {
+                                                             const int MB, const int NT, const int prefetch) {
     const int64_t k4s = g->k / 4, tile_bytes = k4s * 64;
     const uint8_t *a0 = g->a + r0 * g->k, *a1 = g->a + r1 * g->k;
     const int8_t *w = g->packed + t0 * tile_bytes;
+    /* The next panel's weights (the next tiles in memory), requested while this one computes: tile loads
+     * that miss the cache stall the tile unit, so weights streamed from memory must arrive early. */
+    const int8_t *next = t0 + 2 * NT <= g->n / TILE_N ? w + NT * tile_bytes : NULL;
     _tile_zero(0);
     if (NT > 1 || MB > 1) _tile_zero(1);
     if (NT > 2 || MB > 1) _tile_zero(2);
     if (NT > 3 || (MB > 1 && NT > 1)) _tile_zero(3);
     for (int64_t kb = 0; kb < g->k / 64; kb++) {
         const int8_t *b = w + kb * 1024;
+        if (prefetch && next)
+            for (int j = 0; j < NT; j++)
+                for (int line = 0; line < 1024; line += 64) _mm_prefetch((const char *)next + j * tile_bytes + kb * 1024 + line, _MM_HINT_T0);
         _tile_loadd(4, a0 + kb * 64, g->k);
         if (MB > 1) _tile_loadd(5, a1 + kb * 64, g->k);
         _tile_loadd(6, b, 64);
@@ -244,10 +250,10 @@ static void amx_gemm_team(const i8_gemm_args *g) {
         int skip0, skip1;
         if (num_blocks == 1) {
             switch (nt) {
-            case 1: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 1); break;
-            case 2: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 2); break;
-            case 3: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 3); break;
-            default: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 4); break;
+            case 1: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 1, 1); break;
+            case 2: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 2, 1); break;
+            case 3: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 3, 1); break;
+            default: amx_kernel(g, 0, 0, 0, 0, rows, t0, 1, 4, 1); break;
             }
             continue;
         }
@@ -255,13 +261,13 @@ static void amx_gemm_team(const i8_gemm_args *g) {
         for (; i + 1 < num_blocks; i += 2) {
             row_block(g->m, i, &r0, &skip0);
             row_block(g->m, i + 1, &r1, &skip1);
-            if (nt == 2) amx_kernel(g, r0, skip0, r1, skip1, rows, t0, 2, 2);
-            else amx_kernel(g, r0, skip0, r1, skip1, rows, t0, 2, 1);
+            if (nt == 2) amx_kernel(g, r0, skip0, r1, skip1, rows, t0, 2, 2, i == 0);
+            else amx_kernel(g, r0, skip0, r1, skip1, rows, t0, 2, 1, i == 0);
         }
         if (i < num_blocks) {
             row_block(g->m, i, &r0, &skip0);
-            if (nt == 2) amx_kernel(g, r0, skip0, r0, skip0, rows, t0, 1, 2);
-            else amx_kernel(g, r0, skip0, r0, skip0, rows, t0, 1, 1);
+            if (nt == 2) amx_kernel(g, r0, skip0, r0, skip0, rows, t0, 1, 2, i == 0);
+            else amx_kernel(g, r0, skip0, r0, skip0, rows, t0, 1, 1, i == 0);
         }
     }
 }
