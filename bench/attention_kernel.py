@@ -16,6 +16,7 @@ import time
 import torch
 
 from yaie.attention.cpu_kernel import load_decode_kernel
+from yaie.attention.kv_layout import bytes_per_slot, cache_shape, write_kv
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
 
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--scatter", action="store_true")
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--kv-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--kv-dtype", default="float16", choices=["float16", "bfloat16", "float32", "int8"])
     args = parser.parse_args()
     kernel = load_decode_kernel()
     if kernel is None:
@@ -35,8 +36,14 @@ def main() -> None:
     blocks_per_seq = -(-args.context // BLOCK_SIZE)
     blocks_per_layer = args.batch * blocks_per_seq
     num_blocks = blocks_per_layer * args.layers
-    k_cache = torch.randn(num_blocks * BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM).to(getattr(torch, args.kv_dtype))
-    v_cache = torch.randn_like(k_cache)
+    num_slots = num_blocks * BLOCK_SIZE
+    kv_dtype = getattr(torch, args.kv_dtype)
+    kv_cache = torch.zeros(cache_shape(num_slots, NUM_KV_HEADS, HEAD_DIM, kv_dtype), dtype=kv_dtype)
+    for start in range(0, num_slots, 65536):  # written in pieces: the float K/V of the whole cache is large
+        slots = torch.arange(start, min(start + 65536, num_slots))
+        write_kv(kv_cache, slots, torch.randn(len(slots), NUM_KV_HEADS, HEAD_DIM),
+                 torch.randn(len(slots), NUM_KV_HEADS, HEAD_DIM))
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
     order = torch.randperm(num_blocks) if args.scatter else torch.arange(num_blocks)
     tables = [order[i * blocks_per_layer:(i + 1) * blocks_per_layer].view(args.batch, blocks_per_seq).contiguous()
               for i in range(args.layers)]  # one [B, M] block table per layer
@@ -51,7 +58,7 @@ def main() -> None:
             kernel(q, k_cache, v_cache, table, context_lens, BLOCK_SIZE, scale)
             calls += 1
     seconds_per_call = (time.perf_counter() - started) / calls
-    kv_bytes = 2 * args.batch * args.context * NUM_KV_HEADS * HEAD_DIM * k_cache.element_size()
+    kv_bytes = args.batch * args.context * bytes_per_slot(NUM_KV_HEADS, HEAD_DIM, kv_dtype)
     print(f"{args.kv_dtype} K/V, batch {args.batch}, context {args.context}, {args.layers} layers' memory"
           f"{', scattered blocks' if args.scatter else ''}, {torch.get_num_threads()} threads: "
           f"{seconds_per_call * 1e6:.0f} us per layer call, {kv_bytes / seconds_per_call / 1e9:.1f} GB/s of K/V")
