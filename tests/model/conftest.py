@@ -115,3 +115,15 @@ def tiny_qwen3_dir(
     config = Qwen3Config(**TINY_SIZES, head_dim=32, tie_word_embeddings=True, rope_theta=1000000.0)
     model = Qwen3ForCausalLM(config)
     return save_tiny_model(model, smollm2_tokenizer, tmp_path_factory.mktemp("tiny_qwen3"), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_d64_dir(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> Path:
+    """Tiny random Llama with SmolLM2's attention shape: head_dim 64, 6 q heads / 2 kv heads (groups of 3), so
+    the C kernels' specialised head_dim-64 paths run."""
+    torch.manual_seed(0)
+    sizes = {**TINY_SIZES, "hidden_size": 192, "num_attention_heads": 6, "num_key_value_heads": 2}
+    model = LlamaForCausalLM(LlamaConfig(**sizes, head_dim=64, tie_word_embeddings=True))
+    return save_tiny_model(model, smollm2_tokenizer, tmp_path_factory.mktemp("tiny_llama_d64"), seed=4)

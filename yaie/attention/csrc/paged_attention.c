@@ -22,6 +22,7 @@
 #define MAX_DIM 256
 #define MAX_WIDTH 1024 /* widest K/V row slice one task reads: num_kv * head_dim */
 #define ROWS 8
+#define CHUNK_TOKENS 16 /* most query tokens one chunk-attention call takes */
 #define PREFETCH_ROWS 32 /* rows ahead of the one being widened that are requested from memory */
 
 enum { KV_F32 = 0, KV_F16 = 1, KV_BF16 = 2, KV_I8 = 3 }; /* kv_type: the cache's element type */
@@ -155,10 +156,11 @@ static inline __m512 exp_nonpositive(__m512 x) {
 }
 #endif
 
-/* Each of `group` rows of ctx scores -> its softmax, in place; the matching output rows are zeroed. */
-static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int head_dim) {
+/* Each of `group` rows of ctx scores (`stride` apart) -> its softmax, in place; the matching output rows are
+ * zeroed. */
+static void softmax_rows_strided(float *scores, int group, int64_t ctx, int64_t stride, float *out, int head_dim) {
     for (int g = 0; g < group; g++) {
-        float *s = scores + g * ctx;
+        float *s = scores + g * stride;
         float max_score = -INFINITY, sum = 0.f;
         for (int64_t t = 0; t < ctx; t++) max_score = s[t] > max_score ? s[t] : max_score;
         int64_t t = 0;
@@ -176,6 +178,10 @@ static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int 
         for (t = 0; t < ctx; t++) s[t] *= inv;
         memset(out + g * head_dim, 0, sizeof(float) * head_dim);
     }
+}
+
+static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int head_dim) {
+    softmax_rows_strided(scores, group, ctx, ctx, out, head_dim);
 }
 
 /* Query heads [kv_head * group, (kv_head + num_kv) * group) against kv heads [kv_head, kv_head + num_kv): q, out
@@ -347,6 +353,65 @@ static inline __attribute__((always_inline)) void attend_z16(
             }
     }
 }
+
+/* 16 dot products q . kb[r] (rows D apart, r < 16), scaled, stored to dst[0, n). */
+static inline __attribute__((always_inline)) void dots16(const float *q, const float *kb, const int D, float scale,
+                                                         float *dst, int n) {
+    __m512 acc[Z16];
+    for (int r = 0; r < Z16; r++) acc[r] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_load_ps(kb + r * D));
+    for (int d = 16; d < D; d += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + d);
+        for (int r = 0; r < Z16; r++) acc[r] = _mm512_fmadd_ps(qv, _mm512_load_ps(kb + r * D + d), acc[r]);
+    }
+    _mm512_mask_storeu_ps(dst, (__mmask16)((1u << n) - 1), _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+}
+
+/* Causal attention for nq (<= CHUNK_TOKENS) consecutive tokens of one sequence at positions first_pos ..
+ * first_pos + nq - 1 -- a prompt chunk -- against kv heads [kv_head, kv_head + num_kv): each K and V block is
+ * widened once for all of them instead of once per token. q / out point at the first token's first query head,
+ * tokens q_stride / out_stride floats apart; scores holds nq * num_kv * group rows of first_pos + nq floats. */
+static inline __attribute__((always_inline)) void attend_chunk_z16(
+    const float *q, int64_t q_stride, const void *k_cache, const void *v_cache, const int64_t *blocks,
+    int64_t first_pos, int nq, int group, int num_kv_heads, const int D, int block_size, int kv_head, int num_kv,
+    float scale, float *scores, float *out, int64_t out_stride, const int kv_type) {
+    const int64_t head_bytes = kv_head_bytes(kv_type, D), row_bytes = num_kv_heads * head_bytes;
+    const int64_t ctx = first_pos + nq, q_rows = (int64_t)num_kv * group;
+    float buf[Z16 * MAX_WIDTH] __attribute__((aligned(64)));
+    const char *rows[Z16];
+    for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
+        row_ptrs(rows, k_cache, blocks, t0, ctx, block_size, row_bytes, kv_head, head_bytes);
+        widen_block(buf, rows, num_kv, D, kv_type);
+        for (int i = 0; i < nq; i++) {
+            const int64_t visible = first_pos + i + 1 - t0; /* keys of this block token i attends */
+            if (visible <= 0) continue;
+            for (int j = 0; j < q_rows; j++)
+                dots16(q + i * q_stride + j * D, buf + j / group * Z16 * D, D, scale,
+                       scores + (i * q_rows + j) * ctx + t0, visible < Z16 ? (int)visible : Z16);
+        }
+    }
+    for (int i = 0; i < nq; i++)
+        softmax_rows_strided(scores + i * q_rows * ctx, (int)q_rows, first_pos + i + 1, ctx, out + i * out_stride, D);
+    for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
+        row_ptrs(rows, v_cache, blocks, t0, ctx, block_size, row_bytes, kv_head, head_bytes);
+        widen_block(buf, rows, num_kv, D, kv_type);
+        for (int i = 0; i < nq; i++) {
+            const int64_t visible = first_pos + i + 1 - t0;
+            if (visible <= 0) continue;
+            const int n = visible < Z16 ? (int)visible : Z16;
+            for (int j = 0; j < q_rows; j++) {
+                const float *p = scores + (i * q_rows + j) * ctx + t0, *vb = buf + j / group * Z16 * D;
+                float *o = out + i * out_stride + j * D;
+                __m512 acc[8];
+                for (int c = 0; c < D / 16; c++) acc[c] = _mm512_loadu_ps(o + c * 16);
+                for (int r = 0; r < n; r++) {
+                    const __m512 pr = _mm512_set1_ps(p[r]);
+                    for (int c = 0; c < D / 16; c++) acc[c] = _mm512_fmadd_ps(pr, _mm512_load_ps(vb + r * D + c * 16), acc[c]);
+                }
+                for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(o + c * 16, acc[c]);
+            }
+        }
+    }
+}
 #endif
 
 /* Element d of one kv head's cached row, as float32. */
@@ -406,6 +471,33 @@ DEFINE_ATTEND_TYPES(attend_z16_64, attend_z16, 64)
 DEFINE_ATTEND_TYPES(attend_z16_128, attend_z16, 128)
 #endif
 DEFINE_ATTEND_TYPES(attend_scalar_any, attend_scalar, head_dim)
+
+/* Chunk attention (attend_chunk_z16's contract), where this build has it. */
+typedef void (*attend_chunk_fn)(const float *, int64_t, const void *, const void *, const int64_t *, int64_t, int,
+                                int, int, int, int, int, float, float *, float *, int64_t);
+#define DEFINE_CHUNK(NAME, DIM, KV)                                                                                  static void NAME(const float *q, int64_t qs, const void *k, const void *v, const int64_t *blocks,                               int64_t first, int nq, int group, int hkv, int bs, int h, int num_kv, float scale,                               float *scores, float *out, int64_t os) {                                                           attend_chunk_z16(q, qs, k, v, blocks, first, nq, group, hkv, DIM, bs, h, num_kv, scale, scores, out, os,                          KV);                                                                                       }
+#if defined(__AVX512F__)
+DEFINE_CHUNK(chunk_64_f32, 64, KV_F32)
+DEFINE_CHUNK(chunk_64_f16, 64, KV_F16)
+DEFINE_CHUNK(chunk_64_bf16, 64, KV_BF16)
+DEFINE_CHUNK(chunk_64_i8, 64, KV_I8)
+DEFINE_CHUNK(chunk_128_f32, 128, KV_F32)
+DEFINE_CHUNK(chunk_128_f16, 128, KV_F16)
+DEFINE_CHUNK(chunk_128_bf16, 128, KV_BF16)
+DEFINE_CHUNK(chunk_128_i8, 128, KV_I8)
+static const attend_chunk_fn attend_chunk_64[4] = {chunk_64_f32, chunk_64_f16, chunk_64_bf16, chunk_64_i8};
+static const attend_chunk_fn attend_chunk_128[4] = {chunk_128_f32, chunk_128_f16, chunk_128_bf16, chunk_128_i8};
+#endif
+
+/* The chunk kernel for this head size and cache type, or NULL (then chunks are attended token by token). */
+static inline attend_chunk_fn pick_attend_chunk(int head_dim, int kv_type) {
+#if defined(__AVX512F__)
+    if (head_dim == 64) return attend_chunk_64[kv_type];
+    if (head_dim == 128) return attend_chunk_128[kv_type];
+#endif
+    (void)head_dim, (void)kv_type;
+    return NULL;
+}
 
 /* Scratch one attention task needs: float32 scores [num_kv * group, ctx]. */
 static size_t attend_scratch_bytes(int num_kv, int group, int64_t max_ctx) {

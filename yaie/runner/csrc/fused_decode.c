@@ -333,29 +333,59 @@ int64_t yaie_fused_workspace_bytes(const model_desc *m, int64_t B) {
     return carve(m, B, NULL, &w);
 }
 
-/* Attention for every sequence: whole sequences per task when there are enough to share out (each K/V row
- * then read as one slice of all kv heads), else one task per (sequence, kv head). `scores` is this thread's. */
-static void attend_all(const model_desc *m, const layer_desc *l, const float *qkv, float *attn, int64_t B,
-                       const int64_t *block_table, int64_t max_blocks, const int64_t *context_lens, int num_kv,
+/* One step's token metadata. Runs: tokens [run_start[i], run_start[i + 1]) belong to one sequence (the same
+ * block-table row, consecutive positions: a prompt chunk, at most CHUNK_TOKENS) -- a decode is a run of one. */
+typedef struct {
+    int64_t B, max_blocks, num_runs;
+    const int64_t *positions, *slots, *block_table, *context_lens, *run_start;
+    int num_kv; /* kv heads per attention task: all of them when there are enough tasks to share out, else one */
+} step_desc;
+
+static int64_t find_runs(int64_t B, const int64_t *positions, const int64_t *block_table, int64_t max_blocks,
+                         int64_t *run_start) {
+    int64_t num_runs = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const int joins = b > 0 && b - run_start[num_runs - 1] < CHUNK_TOKENS && positions[b] == positions[b - 1] + 1 &&
+                          !memcmp(block_table + b * max_blocks, block_table + (b - 1) * max_blocks,
+                                  sizeof(int64_t) * max_blocks);
+        if (!joins) run_start[num_runs++] = b;
+    }
+    run_start[num_runs] = B;
+    return num_runs;
+}
+
+/* Attention for every run: a prompt chunk's tokens together (each K/V block widened once for all of them), a
+ * decode alone; per task all kv heads or one (step_desc.num_kv). `scores` is this thread's. */
+static void attend_all(const model_desc *m, const layer_desc *l, const float *qkv, float *attn, const step_desc *s,
                        float *scores) {
     const int64_t D = m->head_dim, Hq = m->num_heads, Hkv = m->num_kv_heads, group = Hq / Hkv;
-    const int64_t qkv_dim = (Hq + 2 * Hkv) * D, tasks_per_seq = Hkv / num_kv;
+    const int64_t qkv_dim = (Hq + 2 * Hkv) * D, tasks_per_run = Hkv / s->num_kv;
     const attend_fn attend_one = pick_attend((int)D, (int)m->kv_type);
+    const attend_chunk_fn attend_chunk = pick_attend_chunk((int)D, (int)m->kv_type);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < B * tasks_per_seq; task++) {
-        const int64_t b = task / tasks_per_seq, h = task % tasks_per_seq * num_kv;
-        attend_one(qkv + b * qkv_dim + h * group * D, l->k_cache, l->v_cache, block_table + b * max_blocks,
-                   context_lens[b], (int)group, (int)Hkv, (int)D, (int)m->block_size, (int)h, num_kv, m->scale,
-                   scores, attn + (b * Hq + h * group) * D);
+    for (int64_t task = 0; task < s->num_runs * tasks_per_run; task++) {
+        const int64_t run = task / tasks_per_run, h = task % tasks_per_run * s->num_kv;
+        const int64_t first = s->run_start[run], nq = s->run_start[run + 1] - first;
+        const float *q = qkv + first * qkv_dim + h * group * D;
+        float *out = attn + (first * Hq + h * group) * D;
+        if (nq > 1 && attend_chunk) {
+            attend_chunk(q, qkv_dim, l->k_cache, l->v_cache, s->block_table + first * s->max_blocks,
+                         s->positions[first], (int)nq, (int)group, (int)Hkv, (int)m->block_size, (int)h, s->num_kv,
+                         m->scale, scores, out, Hq * D);
+            continue;
+        }
+        for (int64_t b = first; b < first + nq; b++)
+            attend_one(q + (b - first) * qkv_dim, l->k_cache, l->v_cache, s->block_table + b * s->max_blocks,
+                       s->context_lens[b], (int)group, (int)Hkv, (int)D, (int)m->block_size, (int)h, s->num_kv,
+                       m->scale, scores, out + (b - first) * Hq * D);
     }
 }
 
-/* One decoder layer for B tokens, inside the parallel region: x [B, H] updated in place. */
-static void decoder_layer(const model_desc *m, const layer_desc *l, float *x, int64_t B, const int64_t *positions,
-                          const int64_t *slots, const int64_t *block_table, int64_t max_blocks,
-                          const int64_t *context_lens, const workspace *w, int num_kv, float *scores) {
+/* One decoder layer for the step's tokens, inside the parallel region: x [B, H] updated in place. */
+static void decoder_layer(const model_desc *m, const layer_desc *l, float *x, const step_desc *s, const workspace *w,
+                          float *scores) {
     const int64_t H = m->hidden, D = m->head_dim, Hq = m->num_heads, I = m->intermediate, kind = m->weight_kind;
-    const int64_t qkv_dim = (Hq + 2 * m->num_kv_heads) * D;
+    const int64_t qkv_dim = (Hq + 2 * m->num_kv_heads) * D, B = s->B;
     q8_act a = w->a;
     double mark = m->phase_seconds ? omp_get_wtime() : 0.;
     norm_quantize(kind, x, l->input_norm, B, H, m->eps, w->tmp, &a);
@@ -363,9 +393,9 @@ static void decoder_layer(const model_desc *m, const layer_desc *l, float *x, in
     matmul(kind, &l->qkv, &a, B, w->qkv, qkv_dim, 0);
     mark_phase(m, PHASE_MATMUL, &mark);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; b++) position_and_store(m, l, w->qkv + b * qkv_dim, positions[b], slots[b]);
+    for (int64_t b = 0; b < B; b++) position_and_store(m, l, w->qkv + b * qkv_dim, s->positions[b], s->slots[b]);
     mark_phase(m, PHASE_ROPE_KV, &mark);
-    attend_all(m, l, w->qkv, w->attn, B, block_table, max_blocks, context_lens, num_kv, scores);
+    attend_all(m, l, w->qkv, w->attn, s, scores);
     mark_phase(m, PHASE_ATTENTION, &mark);
     norm_quantize(kind, w->attn, NULL, B, Hq * D, m->eps, w->tmp, &a);
     mark_phase(m, PHASE_ELEMENTWISE, &mark);
@@ -394,24 +424,31 @@ int yaie_fused_decode(const model_desc *m, float *x, int64_t B, const int64_t *p
     if (group > MAX_GROUP || group * Hkv != Hq) return -1;
     if (m->weight_kind == KIND_Q4_1 && (H % QK || (Hq * D) % QK || I % QK)) return -1;
     if (m->weight_kind == KIND_INT8 && !yaie_i8_gemm_available()) return -1;
+    if (m->kv_type < KV_F32 || m->kv_type > KV_I8) return -1;
     workspace w;
     if (carve(m, B, (char *)scratch, &w) > scratch_bytes) return -3;
     int64_t max_ctx = 1;
     for (int64_t b = 0; b < B; b++) max_ctx = context_lens[b] > max_ctx ? context_lens[b] : max_ctx;
-    const int num_kv = B >= 4 * num_threads && Hkv * D <= MAX_WIDTH ? (int)Hkv : 1;
-    if (m->kv_type < KV_F32 || m->kv_type > KV_I8) return -1;
-    const size_t scratch_per_thread = (attend_scratch_bytes(num_kv, (int)group, max_ctx) + 63) / 64 * 64;
+    int64_t *run_start = malloc(sizeof(int64_t) * (B + 1));
+    if (!run_start) return -2;
+    step_desc s = {B, max_blocks, 0, positions, slots, block_table, context_lens, run_start, 1};
+    s.num_runs = find_runs(B, positions, block_table, max_blocks, run_start);
+    if (s.num_runs >= 4 * num_threads && Hkv * D <= MAX_WIDTH) s.num_kv = (int)Hkv;
+    /* Per thread: the scores of up to CHUNK_TOKENS tokens (a chunk task) over the longest context. */
+    const size_t scratch_per_thread = (CHUNK_TOKENS * attend_scratch_bytes(s.num_kv, (int)group, max_ctx) + 63) / 64 * 64;
     char *scores_all = malloc(scratch_per_thread * num_threads);
-    if (!scores_all) return -2;
+    if (!scores_all) {
+        free(run_start);
+        return -2;
+    }
 #pragma omp parallel num_threads(num_threads)
     {
         float *scores = (float *)(scores_all + omp_get_thread_num() * scratch_per_thread);
-        for (int64_t li = 0; li < m->num_layers; li++)
-            decoder_layer(m, &m->layers[li], x, B, positions, slots, block_table, max_blocks, context_lens, &w,
-                          num_kv, scores);
+        for (int64_t li = 0; li < m->num_layers; li++) decoder_layer(m, &m->layers[li], x, &s, &w, scores);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) rms_norm(x + b * H, m->final_norm, H, m->eps, x + b * H);
     }
     free(scores_all);
+    free(run_start);
     return 0;
 }
