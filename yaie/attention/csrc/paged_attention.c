@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vec_math.h"
+
 #define MAX_GROUP 16
 #define MAX_DIM 256
 #define MAX_WIDTH 1024 /* widest K/V row slice one task reads: num_kv * head_dim */
@@ -136,25 +138,6 @@ static inline __attribute__((always_inline)) void weighted_sum(float *out, const
     }
 }
 
-#if defined(__AVX512F__)
-/* e^x for x <= 0 (softmax arguments): x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial
- * (relative error < 2e-7), times 2^n. A fifth of the cost of libm's vector expf here. */
-static inline __m512 exp_nonpositive(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-6f), r);
-    __m512 p = _mm512_set1_ps(1.f / 720.f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(p, n);
-}
-#endif
 
 /* Each of `group` rows of ctx scores (`stride` apart) -> its softmax, in place; the matching output rows are
  * zeroed. */

@@ -216,13 +216,33 @@ static void matmul(int64_t kind, const weight_desc *w, const q8_act *a, int64_t 
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
     if (kind == KIND_INT8) {
         const i8_gemm_args g = {(const uint8_t *)a->q, a->d, w->packed, w->wsum, w->w_scale, w->bias, y, ldy, B,
-                                w->n, w->k, accumulate};
+                                w->n, w->k, accumulate, 0};
         i8_gemm_any_team(&g);
         return;
     }
 #endif
     (void)kind;
     q4_matmul(w, a, B, y, ldy, accumulate);
+}
+
+static float silu(float g) { return g / (1.f + expf(-g)); }
+
+/* h [B, I] = silu(x W_gate) * (x W_up) for the fused [gate | up] weights; inside a parallel region, ends on a
+ * barrier. int8 runs it as the matmul's epilogue (no [B, 2I] intermediate); Q4_1 through gu [B, 2I]. */
+static void gate_up_silu(int64_t kind, const weight_desc *w, const q8_act *a, int64_t B, float *gu, float *h,
+                         int64_t I) {
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+    if (kind == KIND_INT8 && I % TILE_N == 0) {
+        const i8_gemm_args g = {(const uint8_t *)a->q, a->d, w->packed, w->wsum, w->w_scale, NULL, h, I, B,
+                                w->n, w->k, 0, I / TILE_N};
+        i8_gemm_any_team(&g);
+        return;
+    }
+#endif
+    matmul(kind, w, a, B, gu, 2 * I, 0);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < I; i++) h[b * I + i] = silu(gu[b * 2 * I + i]) * gu[b * 2 * I + I + i];
 }
 
 static void rms_norm(const float *x, const float *weight, int64_t n, float eps, float *out) {
@@ -302,7 +322,6 @@ static void position_and_store(const model_desc *m, const layer_desc *l, float *
     }
 }
 
-static float silu(float g) { return g / (1.f + expf(-g)); }
 
 /* The step's scratch, carved from one caller-owned buffer (64-byte aligned pieces). */
 typedef struct {
@@ -403,11 +422,8 @@ static void decoder_layer(const model_desc *m, const layer_desc *l, float *x, co
     mark_phase(m, PHASE_MATMUL, &mark);
     norm_quantize(kind, x, l->post_norm, B, H, m->eps, w->tmp, &a);
     mark_phase(m, PHASE_ELEMENTWISE, &mark);
-    matmul(kind, &l->gate_up, &a, B, w->gu, 2 * I, 0);
+    gate_up_silu(kind, &l->gate_up, &a, B, w->gu, w->tmp, I);
     mark_phase(m, PHASE_MATMUL, &mark);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < I; i++) w->tmp[b * I + i] = silu(w->gu[b * 2 * I + i]) * w->gu[b * 2 * I + I + i];
     norm_quantize(kind, w->tmp, NULL, B, I, m->eps, w->tmp, &a);
     mark_phase(m, PHASE_ELEMENTWISE, &mark);
     matmul(kind, &l->down, &a, B, x, H, 1);

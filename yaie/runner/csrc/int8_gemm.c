@@ -17,6 +17,10 @@
  * is exactly one 16 x 64-byte B tile (rows = groups of 4 inputs, 16 channels x 4 bytes each), and tdpbusd also
  * multiplies unsigned by signed bytes, so codes, wsum and the rescale are shared with the VNNI path.
  *
+ * SwiGLU mode (up_tiles > 0, the fused step's gate/up projection): the weights' output channels are [gate | up],
+ * each half N / 2; every panel pairs gate tile t with up tile t + up_tiles, and the epilogue writes
+ * y[m, c] = silu(gate[m, c]) * up[m, c] for c < N / 2 -- half the output, no separate SiLU pass.
+ *
  * Requires K % 4 == 0 and N % 16 == 0 (callers check). Built with -march=native; without AVX-512 VNNI the
  * entry points return -1 and callers keep torch._int_mm. */
 #include <immintrin.h>
@@ -24,6 +28,8 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "../../attention/csrc/vec_math.h"
 
 #define TILE_N 16
 #define MR 8
@@ -63,12 +69,28 @@ typedef struct {
     float *y;              /* [M, ldy] */
     int64_t ldy, m, n, k;
     int accumulate;
+    int64_t up_tiles;      /* 0, or SwiGLU mode: the distance from a gate tile to its up tile (N / 32) */
 } i8_gemm_args;
+
+/* Channel block `col`'s sums for one row, rescaled to the linear's float output (before bias). */
+static inline __attribute__((always_inline)) __m512 rescale(const i8_gemm_args *g, __m512i acc, float a_scale,
+                                                            int64_t col) {
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_loadu_si512(g->wsum + col)));
+    return _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(a_scale)), _mm512_loadu_ps(g->w_scale + col));
+}
+
+/* SwiGLU mode: y[row, col..+16] = silu(gate) * up from the gate tile's and the up tile's sums (no bias). */
+static inline __attribute__((always_inline)) void store_swiglu(const i8_gemm_args *g, __m512i gate, __m512i up,
+                                                               int64_t row, int64_t col) {
+    const float a_scale = g->a_scale[row];
+    const __m512 out = _mm512_mul_ps(silu16(rescale(g, gate, a_scale, col)),
+                                     rescale(g, up, a_scale, col + g->up_tiles * TILE_N));
+    _mm512_storeu_ps(g->y + row * g->ldy + col, out);
+}
 
 static inline __attribute__((always_inline)) void store_tile(const i8_gemm_args *g, __m512i acc, int64_t row,
                                                              int64_t col) {
-    const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_loadu_si512(g->wsum + col)));
-    __m512 out = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(g->a_scale[row])), _mm512_loadu_ps(g->w_scale + col));
+    __m512 out = rescale(g, acc, g->a_scale[row], col);
     if (g->bias) out = _mm512_add_ps(out, _mm512_loadu_ps(g->bias + col));
     float *dst = g->y + row * g->ldy + col;
     if (g->accumulate) out = _mm512_add_ps(_mm512_loadu_ps(dst), out);
@@ -82,7 +104,7 @@ static inline __attribute__((always_inline)) void micro_kernel(const i8_gemm_arg
     __m512i acc[MR][2];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_si512();
-    const int8_t *w0 = g->packed + t0 * k4s * 64, *w1 = w0 + k4s * 64;
+    const int8_t *w0 = g->packed + t0 * k4s * 64, *w1 = w0 + (g->up_tiles ? g->up_tiles : 1) * k4s * 64;
     const uint8_t *a = g->a + r0 * g->k;
     const int8_t *next = w0 + NT * k4s * 64; /* the next panel: requested during the first row block's walk */
     for (int64_t k4 = 0; k4 < k4s; k4++) {
@@ -100,8 +122,13 @@ static inline __attribute__((always_inline)) void micro_kernel(const i8_gemm_arg
             if (NT > 1) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], av, b1);
         }
     }
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        if (g->up_tiles && NT > 1) {
+            store_swiglu(g, acc[r][0], acc[r][1], r0 + r, t0 * TILE_N);
+            continue;
+        }
         for (int t = 0; t < NT; t++) store_tile(g, acc[r][t], r0 + r, (t0 + t) * TILE_N);
+    }
 }
 
 static void panel(const i8_gemm_args *g, int64_t t0, const int NT) {
@@ -122,7 +149,13 @@ static void panel(const i8_gemm_args *g, int64_t t0, const int NT) {
 
 /* Inside a parallel region: this thread's 32-channel panels, then the barrier at the end of the omp for. */
 static void i8_gemm_team(const i8_gemm_args *g) {
-    const int64_t num_tiles = g->n / TILE_N, num_panels = (num_tiles + 1) / 2;
+    const int64_t num_tiles = g->n / TILE_N;
+    if (g->up_tiles) { /* SwiGLU: panel t = gate tile t with its up tile */
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < g->up_tiles; t++) panel(g, t, 2);
+        return;
+    }
+    const int64_t num_panels = (num_tiles + 1) / 2;
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < num_panels; p++) {
         if (2 * p + 1 < num_tiles) panel(g, 2 * p, 2);
@@ -158,8 +191,30 @@ static void amx_configure(int rows) {
 }
 
 /* C tile `sums` (rows x 16 int32) -> rescaled floats for rows [first, rows) of the block at row r0. */
-static void amx_store(const i8_gemm_args *g, int32_t *buf, int64_t r0, int first, int rows, int64_t col) {
-    for (int r = first; r < rows; r++) store_tile(g, _mm512_load_si512(buf + r * 16), r0 + r, col);
+/* Rows [first, rows) of a stored C tile (buf [16][16] int32) -> rescaled floats at rows r0 + r, columns col..+16:
+ * the columns' constants loaded once, the rows' scales read directly. */
+static inline __attribute__((always_inline)) void amx_store(const i8_gemm_args *g, const int32_t *buf, int64_t r0,
+                                                            int first, int rows, int64_t col) {
+    const __m512i wsum = _mm512_loadu_si512(g->wsum + col);
+    const __m512 w_scale = _mm512_loadu_ps(g->w_scale + col);
+    const __m512 bias = g->bias ? _mm512_loadu_ps(g->bias + col) : _mm512_setzero_ps();
+    const float *a_scale = g->a_scale + r0;
+    float *y = g->y + r0 * g->ldy + col;
+    const int64_t ldy = g->ldy;
+    for (int r = first; r < rows; r++) {
+        const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(buf + r * 16), wsum));
+        __m512 out = _mm512_fmadd_ps(_mm512_mul_ps(v, _mm512_set1_ps(a_scale[r])), w_scale, bias);
+        if (g->accumulate) out = _mm512_add_ps(_mm512_loadu_ps(y + r * ldy), out);
+        _mm512_storeu_ps(y + r * ldy, out);
+    }
+}
+
+/* SwiGLU mode: rows [first, rows) of a gate tile's and its up tile's stored sums -> silu(gate) * up. */
+static inline __attribute__((always_inline)) void amx_store_swiglu(const i8_gemm_args *g, const int32_t *gate,
+                                                                   const int32_t *up, int64_t r0, int first,
+                                                                   int rows, int64_t col) {
+    for (int r = first; r < rows; r++)
+        store_swiglu(g, _mm512_load_si512(gate + r * 16), _mm512_load_si512(up + r * 16), r0 + r, col);
 }
 
 /* Row blocks at r0 (and r1 when MB == 2) x NT 16-channel tiles from t0, over all of K. MB == 2 pairs with
@@ -171,9 +226,12 @@ static inline __attribute__((always_inline)) void amx_kernel(const i8_gemm_args 
     const int64_t k4s = g->k / 4, tile_bytes = k4s * 64;
     const uint8_t *a0 = g->a + r0 * g->k, *a1 = g->a + r1 * g->k;
     const int8_t *w = g->packed + t0 * tile_bytes;
-    /* The next panel's weights (the next tiles in memory), requested while this one computes: tile loads
-     * that miss the cache stall the tile unit, so weights streamed from memory must arrive early. */
-    const int8_t *next = t0 + 2 * NT <= g->n / TILE_N ? w + NT * tile_bytes : NULL;
+    const int64_t second = (g->up_tiles ? g->up_tiles : 1) * tile_bytes; /* the panel's second tile (SwiGLU: up) */
+    /* The next panel's weights, requested while this one computes: tile loads that miss the cache stall the
+     * tile unit, so weights streamed from memory must arrive early. SwiGLU: the next gate tile and its up tile. */
+    const int64_t next_tile = g->up_tiles ? 1 : NT;
+    const int8_t *next = t0 + next_tile + NT <= (g->up_tiles ? 2 * g->up_tiles : g->n / TILE_N)
+                             ? w + next_tile * tile_bytes : NULL;
     _tile_zero(0);
     if (NT > 1 || MB > 1) _tile_zero(1);
     if (NT > 2 || MB > 1) _tile_zero(2);
@@ -182,14 +240,16 @@ static inline __attribute__((always_inline)) void amx_kernel(const i8_gemm_args 
         const int8_t *b = w + kb * 1024;
         if (prefetch && next)
             for (int j = 0; j < NT; j++)
-                for (int line = 0; line < 1024; line += 64) _mm_prefetch((const char *)next + j * tile_bytes + kb * 1024 + line, _MM_HINT_T0);
+                for (int line = 0; line < 1024; line += 64)
+                    _mm_prefetch((const char *)next + (j ? second + (j - 1) * tile_bytes : 0) + kb * 1024 + line,
+                                 _MM_HINT_T0);
         _tile_loadd(4, a0 + kb * 64, g->k);
         if (MB > 1) _tile_loadd(5, a1 + kb * 64, g->k);
         _tile_loadd(6, b, 64);
         _tile_dpbusd(0, 4, 6);
         if (MB > 1) _tile_dpbusd(2, 5, 6);
         if (NT > 1) {
-            _tile_loadd(7, b + tile_bytes, 64);
+            _tile_loadd(7, b + second, 64);
             _tile_dpbusd(1, 4, 7);
             if (MB > 1) _tile_dpbusd(3, 5, 7);
         }
@@ -202,26 +262,30 @@ static inline __attribute__((always_inline)) void amx_kernel(const i8_gemm_args 
             _tile_dpbusd(3, 4, 7);
         }
     }
-    int32_t buf[16 * 16] __attribute__((aligned(64)));
+    /* Every sum tile is stored before any is read back: a load right behind a tile store waits for it. */
+    int32_t buf[4][16 * 16] __attribute__((aligned(64)));
     const int64_t col = t0 * TILE_N;
-#define AMX_STORE(tile, row0, skip, c)        \
-    do {                                      \
-        _tile_stored(tile, buf, 64);          \
-        amx_store(g, buf, row0, skip, rows, c); \
-    } while (0)
-    AMX_STORE(0, r0, skip0, col);
+    _tile_stored(0, buf[0], 64);
+    if (NT > 1 || MB > 1) _tile_stored(1, buf[1], 64);
+    if (NT > 2 || MB > 1) _tile_stored(2, buf[2], 64);
+    if (NT > 3 || (MB > 1 && NT > 1)) _tile_stored(3, buf[3], 64);
+    if (g->up_tiles) { /* NT == 2: tiles 0 / 2 gate, 1 / 3 up */
+        amx_store_swiglu(g, buf[0], buf[1], r0, skip0, rows, col);
+        if (MB > 1) amx_store_swiglu(g, buf[2], buf[3], r1, skip1, rows, col);
+        return;
+    }
+    amx_store(g, buf[0], r0, skip0, rows, col);
     if (MB > 1) {
-        AMX_STORE(2, r1, skip1, col);
+        amx_store(g, buf[2], r1, skip1, rows, col);
         if (NT > 1) {
-            AMX_STORE(1, r0, skip0, col + TILE_N);
-            AMX_STORE(3, r1, skip1, col + TILE_N);
+            amx_store(g, buf[1], r0, skip0, rows, col + TILE_N);
+            amx_store(g, buf[3], r1, skip1, rows, col + TILE_N);
         }
     } else {
-        if (NT > 1) AMX_STORE(1, r0, skip0, col + TILE_N);
-        if (NT > 2) AMX_STORE(2, r0, skip0, col + 2 * TILE_N);
-        if (NT > 3) AMX_STORE(3, r0, skip0, col + 3 * TILE_N);
+        if (NT > 1) amx_store(g, buf[1], r0, skip0, rows, col + TILE_N);
+        if (NT > 2) amx_store(g, buf[2], r0, skip0, rows, col + 2 * TILE_N);
+        if (NT > 3) amx_store(g, buf[3], r0, skip0, rows, col + 3 * TILE_N);
     }
-#undef AMX_STORE
 }
 
 /* Row blocks of 16: start of block i, and how many of its leading rows an earlier block already covered. */
@@ -239,13 +303,16 @@ static inline void row_block(int64_t m, int64_t i, int64_t *r0, int *skip) {
  * with row blocks taken in pairs. */
 static void amx_gemm_team(const i8_gemm_args *g) {
     const int rows = g->m < 16 ? (int)g->m : 16;
-    const int64_t num_blocks = (g->m + 15) / 16, num_tiles = g->n / TILE_N;
-    const int64_t panel_tiles = num_blocks == 1 ? 4 : 2, num_panels = (num_tiles + panel_tiles - 1) / panel_tiles;
+    const int64_t num_blocks = (g->m + 15) / 16;
+    /* SwiGLU: panel t is gate tile t and its up tile (two tiles, whatever M) */
+    const int64_t num_tiles = g->up_tiles ? 2 * g->up_tiles : g->n / TILE_N;
+    const int64_t panel_tiles = num_blocks == 1 && !g->up_tiles ? 4 : 2;
+    const int64_t num_panels = g->up_tiles ? g->up_tiles : (num_tiles + panel_tiles - 1) / panel_tiles;
     amx_configure(rows);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < num_panels; p++) {
-        const int64_t t0 = p * panel_tiles;
-        const int nt = (int)(num_tiles - t0 < panel_tiles ? num_tiles - t0 : panel_tiles);
+        const int64_t t0 = g->up_tiles ? p : p * panel_tiles;
+        const int nt = g->up_tiles ? 2 : (int)(num_tiles - t0 < panel_tiles ? num_tiles - t0 : panel_tiles);
         int64_t r0, r1;
         int skip0, skip1;
         if (num_blocks == 1) {
@@ -308,7 +375,17 @@ int yaie_i8_gemm(const uint8_t *a, const float *a_scale, const int8_t *packed, c
                  const float *w_scale, const float *bias, float *y, int64_t ldy, int64_t m, int64_t n, int64_t k,
                  int accumulate, int num_threads) {
     if (n % TILE_N || k % 4) return -1;
-    const i8_gemm_args g = {a, a_scale, packed, wsum, w_scale, bias, y, ldy, m, n, k, accumulate};
+    const i8_gemm_args g = {a, a_scale, packed, wsum, w_scale, bias, y, ldy, m, n, k, accumulate, 0};
+#pragma omp parallel num_threads(num_threads)
+    i8_gemm_any_team(&g);
+    return 0;
+}
+
+/* SwiGLU mode (see the top): packed holds [gate | up] (N channels); y [M, ldy] gets silu(gate) * up, N / 2 wide. */
+int yaie_i8_gemm_swiglu(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
+                        const float *w_scale, float *y, int64_t ldy, int64_t m, int64_t n, int64_t k, int num_threads) {
+    if (n % (2 * TILE_N) || k % 4) return -1;
+    const i8_gemm_args g = {a, a_scale, packed, wsum, w_scale, NULL, y, ldy, m, n, k, 0, n / 2 / TILE_N};
 #pragma omp parallel num_threads(num_threads)
     i8_gemm_any_team(&g);
     return 0;
@@ -319,6 +396,13 @@ int yaie_i8_gemm(const uint8_t *a, const float *a_scale, const int8_t *packed, c
 int yaie_i8_set_amx(int on) {
     (void)on;
     return 0;
+}
+
+int yaie_i8_gemm_swiglu(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
+                        const float *w_scale, float *y, int64_t ldy, int64_t m, int64_t n, int64_t k, int num_threads) {
+    (void)a; (void)a_scale; (void)packed; (void)wsum; (void)w_scale; (void)y; (void)ldy; (void)m; (void)n; (void)k;
+    (void)num_threads;
+    return -1;
 }
 
 int yaie_i8_gemm(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
