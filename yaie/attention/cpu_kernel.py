@@ -24,6 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
+VEC_MATH_SOURCE = Path(__file__).parent / "csrc" / "vec_math.h"  # included by SOURCE and the runner's kernels
 # Cache element types the kernels read, as their kv_type codes (KV_F32, KV_F16, KV_BF16, KV_I8 in the C source;
 # int8 in attention/kv_layout.py's layout).
 KV_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int8: 3}
@@ -70,7 +71,7 @@ class DecodeKernel:
 
 @lru_cache(maxsize=1)
 def load_decode_kernel() -> DecodeKernel | None:
-    lib = load_c_library(SOURCE, "the CPU attention kernel", native=True)
+    lib = load_c_library(SOURCE, "the CPU attention kernel", native=True, includes=(VEC_MATH_SOURCE,))
     return None if lib is None else DecodeKernel(lib)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from yaie.attention.cpu_kernel import KV_DTYPES, load_c_library
+from yaie.attention.cpu_kernel import KV_DTYPES, VEC_MATH_SOURCE, load_c_library
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.quantization import INT8_GEMM_SOURCE, Int4Linear, Int8Linear, enable_amx
 
@@ -129,7 +129,7 @@ def build_fused_decoder(model: LlamaForCausalLM, kv_caches: list[torch.Tensor], 
 @lru_cache(maxsize=1)
 def load_fused_library() -> ctypes.CDLL | None:
     lib = load_c_library(SOURCE, "the fused decode step", native=True,
-                         includes=(ATTENTION_SOURCE, INT8_GEMM_SOURCE))
+                         includes=(ATTENTION_SOURCE, INT8_GEMM_SOURCE, VEC_MATH_SOURCE))
     if lib is not None:
         lib.yaie_fused_decode.restype = ctypes.c_int
         lib.yaie_fused_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,

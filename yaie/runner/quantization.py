@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yaie.attention.cpu_kernel import load_c_library
+from yaie.attention.cpu_kernel import VEC_MATH_SOURCE, load_c_library
 from yaie.layers.norm import RMSNorm
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def load_int8_rows_kernel() -> ctypes.CDLL | None:
 @lru_cache(maxsize=1)
 def load_int8_gemm_kernel() -> ctypes.CDLL | None:
     """Our int8 matmul (csrc/int8_gemm.c) when this CPU has AVX-512 VNNI and it builds, else None."""
-    lib = load_c_library(INT8_GEMM_SOURCE, "the int8 VNNI matmul", native=True)
+    lib = load_c_library(INT8_GEMM_SOURCE, "the int8 VNNI matmul", native=True, includes=(VEC_MATH_SOURCE,))
     if lib is None or not lib.yaie_i8_gemm_available():
         return None
     lib.yaie_i8_pack.restype = ctypes.c_int
