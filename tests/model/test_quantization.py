@@ -185,3 +185,39 @@ def test_int4_default_model_matches_float_greedy() -> None:
     texts = [LLM(None, quantization=q, max_num_seqs=2).chat(messages, params)[0].outputs[0].token_ids
              for q in ("none", "int4")]
     assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_argmax_matches_the_largest_output(bias: bool) -> None:
+    """The argmax mode never writes the outputs; it must pick what forward(x).max(-1) picks, first index on ties,
+    for every row count (VNNI rows, AMX blocks, pairs and overlapping tails) and across the threads' columns."""
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 4096, bias=bias)
+    linear.weight.data[100] = linear.weight.data[3000]  # two columns that always tie: the first must win
+    if bias:
+        linear.bias.data[100] = linear.bias.data[3000]
+    quantized = Int8Linear(linear)
+    for num_tokens in (1, 3, 5, 16, 17, 33, 70):
+        x = torch.randn(num_tokens, 128)
+        x[0] = linear.weight.data[100] * 50  # row 0's best output is the tied pair
+        want = quantized(x).max(dim=-1).indices
+        assert torch.equal(quantized.argmax(x), want), num_tokens
+        assert int(want[0]) == 100
+
+
+def test_greedy_int8_steps_skip_the_logits_but_pick_the_same_tokens(tiny_llama_d64_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = LLM(str(tiny_llama_d64_dir), num_blocks=64, quantization="int8")
+    lm_head = llm.engine.runner.model.lm_head
+    assert isinstance(lm_head, Int8Linear)
+    calls: list[int] = []
+    original = Int8Linear.argmax
+    monkeypatch.setattr(Int8Linear, "argmax", lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    prompts = [[5, 6, 7], list(range(10, 40)), [3] * 9]
+    fused = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+    assert calls and all(n <= len(prompts) for n in calls)  # the argmax ran, on the sampling rows only
+    calls.clear()  # logprobs need the logits: the sampler's argmax over the same kernel's outputs
+    logits = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=0),
+                          use_tqdm=False)
+    assert not calls
+    assert [o.outputs[0].token_ids for o in fused] == [o.outputs[0].token_ids for o in logits]

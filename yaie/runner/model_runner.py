@@ -16,10 +16,10 @@ from yaie.attention.kv_layout import bytes_per_slot, cache_shape
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.fused_decode import KIND_Q4_1, FusedDecoder, build_fused_decoder
 from yaie.runner.input_batch import StepInputs, prepare_inputs
-from yaie.runner.quantization import drop_q4_blocks
+from yaie.runner.quantization import Int8Linear, drop_q4_blocks
 from yaie.sampling.allowed_tokens import AllowedTokens, GrammarBitmask
 from yaie.sampling.metadata import SamplingMetadata
-from yaie.sampling.sampler import Sampler
+from yaie.sampling.sampler import Sampler, SamplerOutput
 from yaie.scheduler.output import RunnerOutput, SchedulerOutput
 from yaie.types import TokenLogprob
 
@@ -72,18 +72,27 @@ class ModelRunner:
         logprobs: list[TokenLogprob | None] = [None] * len(sched.chunks)
         if not inputs.sample_chunk_indices:
             return RunnerOutput(sampled, logprobs)
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [N, V] float32
+        rows = hidden[inputs.logits_indices]  # [N, H]
         requests = [sched.chunks[i].request for i in inputs.sample_chunk_indices]
         allowed = None
         if grammar is not None:
             allowed = AllowedTokens.for_rows(grammar, inputs.sample_chunk_indices, self.device)
         metadata = SamplingMetadata.from_requests(requests, self.vocab_size, self.device, allowed)
-        out = self.sampler(logits, metadata)
+        out = self._sample(rows, metadata)
         token_ids = out.token_ids.tolist()
         for row, chunk_idx in enumerate(inputs.sample_chunk_indices):
             sampled[chunk_idx] = token_ids[row]
             logprobs[chunk_idx] = out.logprobs[row]
         return RunnerOutput(sampled, logprobs)
+
+    def _sample(self, rows: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+        """rows [N, H] -> tokens. A batch that is an argmax of the raw logits (greedy, no logprobs, no edits, no
+        grammar) with an int8 lm_head skips the [N, V] logits: the matmul keeps each row's best column as it goes."""
+        lm_head = self.model.lm_head
+        plain_argmax = metadata.is_plain_greedy and metadata.allowed_tokens is None
+        if plain_argmax and isinstance(lm_head, Int8Linear) and lm_head.is_packed:
+            return SamplerOutput(token_ids=lm_head.argmax(rows), logprobs=[None] * metadata.num_rows)
+        return self.sampler(self.model.compute_logits(rows), metadata)  # logits [N, V] float32
 
     def _forward(self, inputs: StepInputs) -> torch.Tensor:
         """Final hidden states [T, H]: the fused C step when it takes this step, else the model."""

@@ -95,6 +95,24 @@ class Int8Linear(nn.Module):
         out = torch._int_mm(x_q, self.weight_t).float().mul_(x_scale).mul_(self.weight_scale)
         return out if self.bias is None else out.add_(self.bias)
 
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, in] -> [T] index of each row's largest output, the first on ties: what forward(x).max(-1)
+        gives, but with the packed kernel the [T, out] outputs are never written (greedy sampling through the
+        lm_head)."""
+        if self._gemm is None:
+            return self(x).max(dim=-1).indices
+        x = x.float().contiguous()
+        codes, x_scale = self._quantize(x, flip=0x80)
+        index = torch.empty(x.shape[0], dtype=torch.int64)
+        bias = 0 if self.bias is None else self.bias.data_ptr()
+        status = self._gemm.yaie_i8_gemm_argmax(codes.data_ptr(), x_scale.data_ptr(), self.weight_packed.data_ptr(),
+                                                self.weight_colsum.data_ptr(), self.weight_scale.data_ptr(), bias,
+                                                index.data_ptr(), x.shape[0], self.out_features, self.in_features,
+                                                torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError(f"int8 argmax kernel failed with status {status}")
+        return index
+
     def _quantize(self, x: torch.Tensor, flip: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, in] float32 -> per-token codes [T, in] (int8, or + 128 as uint8 with flip=0x80) and scales [T]."""
         rows, num_threads = self._rows, torch.get_num_threads()
@@ -239,6 +257,8 @@ def load_int8_gemm_kernel() -> ctypes.CDLL | None:
     lib.yaie_i8_pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     lib.yaie_i8_gemm.restype = ctypes.c_int
     lib.yaie_i8_gemm.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+    lib.yaie_i8_gemm_argmax.restype = ctypes.c_int
+    lib.yaie_i8_gemm_argmax.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     enable_amx(lib)
     return lib
 

@@ -215,8 +215,9 @@ static void matmul(int64_t kind, const weight_desc *w, const q8_act *a, int64_t 
                    int accumulate) {
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
     if (kind == KIND_INT8) {
-        const i8_gemm_args g = {(const uint8_t *)a->q, a->d, w->packed, w->wsum, w->w_scale, w->bias, y, ldy, B,
-                                w->n, w->k, accumulate, 0};
+        const i8_gemm_args g = {.a = (const uint8_t *)a->q, .a_scale = a->d, .packed = w->packed, .wsum = w->wsum,
+                                .w_scale = w->w_scale, .bias = w->bias, .y = y, .ldy = ldy, .m = B, .n = w->n,
+                                .k = w->k, .accumulate = accumulate};
         i8_gemm_any_team(&g);
         return;
     }
@@ -233,8 +234,9 @@ static void gate_up_silu(int64_t kind, const weight_desc *w, const q8_act *a, in
                          int64_t I) {
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
     if (kind == KIND_INT8 && I % TILE_N == 0) {
-        const i8_gemm_args g = {(const uint8_t *)a->q, a->d, w->packed, w->wsum, w->w_scale, NULL, h, I, B,
-                                w->n, w->k, 0, I / TILE_N};
+        const i8_gemm_args g = {.a = (const uint8_t *)a->q, .a_scale = a->d, .packed = w->packed, .wsum = w->wsum,
+                                .w_scale = w->w_scale, .y = h, .ldy = I, .m = B, .n = w->n, .k = w->k,
+                                .up_tiles = I / TILE_N};
         i8_gemm_any_team(&g);
         return;
     }

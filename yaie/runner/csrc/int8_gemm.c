@@ -21,11 +21,18 @@
  * each half N / 2; every panel pairs gate tile t with up tile t + up_tiles, and the epilogue writes
  * y[m, c] = silu(gate[m, c]) * up[m, c] for c < N / 2 -- half the output, no separate SiLU pass.
  *
+ * Argmax mode (best_value != NULL, greedy sampling through the lm_head): nothing is written to y; each row's
+ * largest output and its first column are tracked per thread (best_value / best_index [threads, M]) and merged
+ * after the matmul -- the [M, N] logits never go to memory.
+ *
  * Requires K % 4 == 0 and N % 16 == 0 (callers check). Built with -march=native; without AVX-512 VNNI the
  * entry points return -1 and callers keep torch._int_mm. */
 #include <immintrin.h>
+#include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -70,7 +77,19 @@ typedef struct {
     int64_t ldy, m, n, k;
     int accumulate;
     int64_t up_tiles;      /* 0, or SwiGLU mode: the distance from a gate tile to its up tile (N / 32) */
+    float *best_value;     /* NULL, or argmax mode: [threads, M] each thread's best value per row (start: -inf) */
+    int64_t *best_index;   /* argmax mode: [threads, M] its column */
 } i8_gemm_args;
+
+/* Argmax mode: a row's 16 outputs from column col compete for that row's best in this thread; a tie keeps the
+ * earlier column (a thread walks its columns in increasing order). */
+static inline void argmax_update(const i8_gemm_args *g, __m512 out, int64_t row, int64_t col) {
+    const int64_t at = omp_get_thread_num() * g->m + row;
+    const float top = _mm512_reduce_max_ps(out);
+    if (!(top > g->best_value[at])) return;
+    g->best_value[at] = top;
+    g->best_index[at] = col + __builtin_ctz(_mm512_cmp_ps_mask(out, _mm512_set1_ps(top), _CMP_EQ_OQ));
+}
 
 /* Channel block `col`'s sums for one row, rescaled to the linear's float output (before bias). */
 static inline __attribute__((always_inline)) __m512 rescale(const i8_gemm_args *g, __m512i acc, float a_scale,
@@ -92,6 +111,10 @@ static inline __attribute__((always_inline)) void store_tile(const i8_gemm_args 
                                                              int64_t col) {
     __m512 out = rescale(g, acc, g->a_scale[row], col);
     if (g->bias) out = _mm512_add_ps(out, _mm512_loadu_ps(g->bias + col));
+    if (g->best_value) {
+        argmax_update(g, out, row, col);
+        return;
+    }
     float *dst = g->y + row * g->ldy + col;
     if (g->accumulate) out = _mm512_add_ps(_mm512_loadu_ps(dst), out);
     _mm512_storeu_ps(dst, out);
@@ -204,6 +227,10 @@ static inline __attribute__((always_inline)) void amx_store(const i8_gemm_args *
     for (int r = first; r < rows; r++) {
         const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(buf + r * 16), wsum));
         __m512 out = _mm512_fmadd_ps(_mm512_mul_ps(v, _mm512_set1_ps(a_scale[r])), w_scale, bias);
+        if (g->best_value) {
+            argmax_update(g, out, r0 + r, col);
+            continue;
+        }
         if (g->accumulate) out = _mm512_add_ps(_mm512_loadu_ps(y + r * ldy), out);
         _mm512_storeu_ps(y + r * ldy, out);
     }
@@ -375,7 +402,8 @@ int yaie_i8_gemm(const uint8_t *a, const float *a_scale, const int8_t *packed, c
                  const float *w_scale, const float *bias, float *y, int64_t ldy, int64_t m, int64_t n, int64_t k,
                  int accumulate, int num_threads) {
     if (n % TILE_N || k % 4) return -1;
-    const i8_gemm_args g = {a, a_scale, packed, wsum, w_scale, bias, y, ldy, m, n, k, accumulate, 0};
+    const i8_gemm_args g = {.a = a, .a_scale = a_scale, .packed = packed, .wsum = wsum, .w_scale = w_scale,
+                            .bias = bias, .y = y, .ldy = ldy, .m = m, .n = n, .k = k, .accumulate = accumulate};
 #pragma omp parallel num_threads(num_threads)
     i8_gemm_any_team(&g);
     return 0;
@@ -385,9 +413,46 @@ int yaie_i8_gemm(const uint8_t *a, const float *a_scale, const int8_t *packed, c
 int yaie_i8_gemm_swiglu(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
                         const float *w_scale, float *y, int64_t ldy, int64_t m, int64_t n, int64_t k, int num_threads) {
     if (n % (2 * TILE_N) || k % 4) return -1;
-    const i8_gemm_args g = {a, a_scale, packed, wsum, w_scale, NULL, y, ldy, m, n, k, 0, n / 2 / TILE_N};
+    const i8_gemm_args g = {.a = a, .a_scale = a_scale, .packed = packed, .wsum = wsum, .w_scale = w_scale,
+                            .y = y, .ldy = ldy, .m = m, .n = n, .k = k, .up_tiles = n / 2 / TILE_N};
 #pragma omp parallel num_threads(num_threads)
     i8_gemm_any_team(&g);
+    return 0;
+}
+
+/* Argmax mode (see the top): index [M] <- each row's first column holding its largest output. Returns -2 when out
+ * of memory. */
+int yaie_i8_gemm_argmax(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
+                        const float *w_scale, const float *bias, int64_t *index, int64_t m, int64_t n, int64_t k,
+                        int num_threads) {
+    if (n % TILE_N || k % 4) return -1;
+    float *best_value = malloc(sizeof(float) * num_threads * (m > 0 ? m : 1));
+    int64_t *best_index = malloc(sizeof(int64_t) * num_threads * (m > 0 ? m : 1));
+    if (!best_value || !best_index) {
+        free(best_value);
+        free(best_index);
+        return -2;
+    }
+    for (int64_t i = 0; i < num_threads * m; i++) {
+        best_value[i] = -INFINITY;
+        best_index[i] = 0;
+    }
+    const i8_gemm_args g = {.a = a, .a_scale = a_scale, .packed = packed, .wsum = wsum, .w_scale = w_scale,
+                            .bias = bias, .m = m, .n = n, .k = k, .best_value = best_value, .best_index = best_index};
+#pragma omp parallel num_threads(num_threads)
+    i8_gemm_any_team(&g);
+    for (int64_t r = 0; r < m; r++) { /* threads hold increasing column ranges: a tie keeps the lower thread */
+        int64_t best = r;
+        for (int t = 1; t < num_threads; t++) {
+            const int64_t at = t * m + r;
+            if (best_value[at] > best_value[best] ||
+                (best_value[at] == best_value[best] && best_index[at] < best_index[best]))
+                best = at;
+        }
+        index[r] = best_index[best];
+    }
+    free(best_value);
+    free(best_index);
     return 0;
 }
 
@@ -396,6 +461,14 @@ int yaie_i8_gemm_swiglu(const uint8_t *a, const float *a_scale, const int8_t *pa
 int yaie_i8_set_amx(int on) {
     (void)on;
     return 0;
+}
+
+int yaie_i8_gemm_argmax(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
+                        const float *w_scale, const float *bias, int64_t *index, int64_t m, int64_t n, int64_t k,
+                        int num_threads) {
+    (void)a; (void)a_scale; (void)packed; (void)wsum; (void)w_scale; (void)bias; (void)index; (void)m; (void)n;
+    (void)k; (void)num_threads;
+    return -1;
 }
 
 int yaie_i8_gemm_swiglu(const uint8_t *a, const float *a_scale, const int8_t *packed, const int32_t *wsum,
