@@ -4,7 +4,8 @@
 
 Perplexity: teacher-forced next-token log-likelihood over non-overlapping windows of a plain-English text (by
 default the GPL-3 text every Debian system ships at /usr/share/common-licenses/GPL-3), computed with our own
-model forward (a private KV cache per window, so the engine's cache is untouched).
+model forward (a private KV cache per window, of the element type the scheme serves with, so the engine's
+cache is untouched and K/V rounding counts).
 Greedy agreement: a fixed set of chat prompts generated at temperature 0; per scheme, the share of prompts whose
 first K tokens equal float32's, and the mean length of the common prefix.
 `int4-fused`: int4 as a batch-1 client sees it, through the fused C decode step: perplexity is scored one token
@@ -61,7 +62,8 @@ def perplexity(llm: LLM, token_ids: list[int], window: int, fused: bool = False)
     num_blocks = math.ceil(window / runner.block_size)
     block_ids = list(range(num_blocks))
     if fused:
-        kv_caches = allocate_kv_caches(runner.model, num_blocks, runner.block_size, torch.float16, runner.device)
+        kv_dtype = runner.kv_caches[0].dtype  # as served
+        kv_caches = allocate_kv_caches(runner.model, num_blocks, runner.block_size, kv_dtype, runner.device)
         decoder = build_fused_decoder(runner.model, kv_caches, runner.block_size)
         if decoder is None:
             raise SystemExit("the fused decode step is not available for this model / machine")
@@ -82,7 +84,7 @@ def perplexity(llm: LLM, token_ids: list[int], window: int, fused: bool = False)
 def _prefill_nll(runner: ModelRunner, request: Request) -> float:
     """Summed NLL of request's tokens 1..T-1, the window as one prompt chunk."""
     ids, model = request.prompt_token_ids, runner.model
-    hidden = run_prompt(model, ids)  # [T, H]
+    hidden = run_prompt(model, ids, runner.kv_caches[0].dtype)  # [T, H], K/V read back as served
     logprobs = torch.log_softmax(model.compute_logits(hidden[:-1]), dim=-1)  # [T-1, V]
     targets = torch.tensor(ids[1:], device=logprobs.device)
     return -logprobs.gather(1, targets[:, None]).sum().item()

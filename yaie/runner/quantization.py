@@ -105,10 +105,11 @@ class Int8Linear(nn.Module):
         codes, x_scale = self._quantize(x, flip=0x80)
         index = torch.empty(x.shape[0], dtype=torch.int64)
         bias = 0 if self.bias is None else self.bias.data_ptr()
-        status = self._gemm.yaie_i8_gemm_argmax(codes.data_ptr(), x_scale.data_ptr(), self.weight_packed.data_ptr(),
-                                                self.weight_colsum.data_ptr(), self.weight_scale.data_ptr(), bias,
-                                                index.data_ptr(), x.shape[0], self.out_features, self.in_features,
-                                                torch.get_num_threads())
+        with torch.profiler.record_function("int8_linear"):
+            status = self._gemm.yaie_i8_gemm_argmax(codes.data_ptr(), x_scale.data_ptr(),
+                                                    self.weight_packed.data_ptr(), self.weight_colsum.data_ptr(),
+                                                    self.weight_scale.data_ptr(), bias, index.data_ptr(), x.shape[0],
+                                                    self.out_features, self.in_features, torch.get_num_threads())
         if status != 0:
             raise RuntimeError(f"int8 argmax kernel failed with status {status}")
         return index

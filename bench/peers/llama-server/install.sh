@@ -11,7 +11,7 @@ BUILD_JOBS="${YAIE_PEER_BUILD_JOBS:-2}"
 source "$(dirname "${BASH_SOURCE[0]}")/../_lib.sh"
 
 peer_dir="$(peers_root)/$PEER_NAME"
-stamp="llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+stamp="llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION no-amx"
 if peer_is_installed "$peer_dir" "$stamp" && [[ -x "$peer_dir/bin/llama-server" ]]; then
     peer_log "already installed ($stamp): $peer_dir/bin/llama-server"
     exit 0
@@ -37,13 +37,18 @@ if [[ ! -f "$source_dir/CMakeLists.txt" ]]; then
 fi
 
 # No UI (the prebuilt one would be downloaded from the Hugging Face hub; npm is not wanted), no HTTPS, one
-# static binary tuned for this CPU (GGML_NATIVE).
+# static binary tuned for this CPU (GGML_NATIVE), but without ggml's AMX backend: on CPUs with AMX,
+# -march=native compiles it in, and in this llama.cpp it crashes (SIGSEGV in ggml_backend_amx_mul_mat at the
+# first matmul of SmolLM2's Q4_1 GGUF, seen on the 2026-12 dev VM, an Intel Xeon with AMX). Undefining its
+# feature macros keeps every other native kernel (AVX-512, VNNI); on CPUs without AMX it changes nothing.
 build_dir="$peer_dir/build"
 peer_log "configuring ($cmake_bin) -> $build_dir"
 "$cmake_bin" -S "$source_dir" -B "$build_dir" \
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=ON \
+    "-DCMAKE_C_FLAGS=-U__AMX_TILE__ -U__AMX_INT8__ -U__AMX_BF16__" \
+    "-DCMAKE_CXX_FLAGS=-U__AMX_TILE__ -U__AMX_INT8__ -U__AMX_BF16__" \
     -DLLAMA_BUILD_SERVER=ON \
     -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF \
