@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
 VEC_MATH_SOURCE = Path(__file__).parent / "csrc" / "vec_math.h"  # included by SOURCE and the runner's kernels
+# What a build of SOURCE must hash besides it: the files it includes.
+ATTENTION_INCLUDES = (VEC_MATH_SOURCE, Path(__file__).parent / "csrc" / "attention_avx512.c")
 # Cache element types the kernels read, as their kv_type codes (KV_F32, KV_F16, KV_BF16, KV_I8 in the C source;
 # int8 in attention/kv_layout.py's layout).
 KV_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int8: 3}
@@ -71,7 +73,7 @@ class DecodeKernel:
 
 @lru_cache(maxsize=1)
 def load_decode_kernel() -> DecodeKernel | None:
-    lib = load_c_library(SOURCE, "the CPU attention kernel", native=True, includes=(VEC_MATH_SOURCE,))
+    lib = load_c_library(SOURCE, "the CPU attention kernel", native=True, includes=ATTENTION_INCLUDES)
     return None if lib is None else DecodeKernel(lib)
 
 

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import torch
 
-from yaie.attention.cpu_kernel import KV_DTYPES, VEC_MATH_SOURCE, load_c_library
+from yaie.attention.cpu_kernel import ATTENTION_INCLUDES, KV_DTYPES, load_c_library
 from yaie.models.llama import LlamaForCausalLM
-from yaie.runner.quantization import INT8_GEMM_SOURCE, Int4Linear, Int8Linear, enable_amx
+from yaie.runner.quantization import INT8_GEMM_INCLUDES, INT8_GEMM_SOURCE, Int4Linear, Int8Linear, enable_amx
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_decode.c"
 ATTENTION_SOURCE = Path(__file__).parents[1] / "attention" / "csrc" / "paged_attention.c"
+Q4_MATMUL_SOURCE = Path(__file__).parent / "csrc" / "q4_matmul.c"  # included by SOURCE
 DEFAULT_MAX_BATCH = 8
 INT8_MAX_BATCH = 512  # int8 steps of up to this many tokens are fused whenever fusing is on
 Q4_1_BLOCK_BYTES = 20  # float16 scale, float16 min, 16 bytes of 32 levels
@@ -129,7 +130,8 @@ def build_fused_decoder(model: LlamaForCausalLM, kv_caches: list[torch.Tensor], 
 @lru_cache(maxsize=1)
 def load_fused_library() -> ctypes.CDLL | None:
     lib = load_c_library(SOURCE, "the fused decode step", native=True,
-                         includes=(ATTENTION_SOURCE, INT8_GEMM_SOURCE, VEC_MATH_SOURCE))
+                         includes=(ATTENTION_SOURCE, *ATTENTION_INCLUDES, INT8_GEMM_SOURCE, *INT8_GEMM_INCLUDES,
+                                   Q4_MATMUL_SOURCE))
     if lib is not None:
         lib.yaie_fused_decode.restype = ctypes.c_int
         lib.yaie_fused_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,

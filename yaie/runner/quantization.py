@@ -40,6 +40,8 @@ Q8_BLOCK = 32
 Q8_SOURCE = Path(__file__).parent / "csrc" / "q8_linear.c"
 INT8_ROWS_SOURCE = Path(__file__).parent / "csrc" / "int8_rows.c"
 INT8_GEMM_SOURCE = Path(__file__).parent / "csrc" / "int8_gemm.c"
+# What a build of INT8_GEMM_SOURCE must hash besides it: the files it includes.
+INT8_GEMM_INCLUDES = (Path(__file__).parent / "csrc" / "int8_gemm_amx.c", VEC_MATH_SOURCE)
 GEMM_TILE_N = 16  # int8_gemm.c packs output channels in tiles of 16
 
 
@@ -251,7 +253,7 @@ def load_int8_rows_kernel() -> ctypes.CDLL | None:
 @lru_cache(maxsize=1)
 def load_int8_gemm_kernel() -> ctypes.CDLL | None:
     """Our int8 matmul (csrc/int8_gemm.c) when this CPU has AVX-512 VNNI and it builds, else None."""
-    lib = load_c_library(INT8_GEMM_SOURCE, "the int8 VNNI matmul", native=True, includes=(VEC_MATH_SOURCE,))
+    lib = load_c_library(INT8_GEMM_SOURCE, "the int8 VNNI matmul", native=True, includes=INT8_GEMM_INCLUDES)
     if lib is None or not lib.yaie_i8_gemm_available():
         return None
     lib.yaie_i8_pack.restype = ctypes.c_int
