@@ -125,7 +125,7 @@ def test_int8_builds_an_lm_head_from_tied_embeddings(tiny_qwen2_dir: Path) -> No
 def test_amx_and_vnni_matmuls_agree() -> None:
     """Both sum int8 products exactly in int32 and share the rescale; only the order of the rescale's two
     multiplications may differ (measured: <= 1 ulp). A wrong tile layout, row block or channel tail is O(1).
-    AMX must switch on exactly where the CPU has it (the OS grants the tile state on Linux >= 5.16)."""
+    AMX never switches on without the CPU feature (with it, the OS must also grant the tile state: Linux 5.16+)."""
     lib = load_int8_gemm_kernel()
     if lib is None:
         pytest.skip("no AVX-512 VNNI: int8 runs on torch._int_mm")
@@ -137,7 +137,7 @@ def test_amx_and_vnni_matmuls_agree() -> None:
             x = torch.randn(num_tokens, 576) * 4
             assert enable_amx(lib, False) is False
             vnni = quantized(x)
-            assert enable_amx(lib) == has_amx
+            assert enable_amx(lib) <= has_amx
             torch.testing.assert_close(quantized(x), vnni, rtol=1e-6, atol=1e-5)
     finally:
         enable_amx(lib)

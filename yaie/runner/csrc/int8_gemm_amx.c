@@ -70,9 +70,8 @@ static inline __attribute__((always_inline)) void amx_kernel(const i8_gemm_args 
     const int64_t second = (g->up_tiles ? g->up_tiles : 1) * tile_bytes; /* the panel's second tile (SwiGLU: up) */
     /* The next panel's weights, requested while this one computes: tile loads that miss the cache stall the
      * tile unit, so weights streamed from memory must arrive early. SwiGLU: the next gate tile and its up tile. */
-    const int64_t next_tile = g->up_tiles ? 1 : NT;
-    const int8_t *next = t0 + next_tile + NT <= (g->up_tiles ? 2 * g->up_tiles : g->n / TILE_N)
-                             ? w + next_tile * tile_bytes : NULL;
+    const int has_next = g->up_tiles ? t0 + 1 < g->up_tiles : t0 + 2 * NT <= g->n / TILE_N;
+    const int8_t *next = has_next ? w + (g->up_tiles ? 1 : NT) * tile_bytes : NULL;
     _tile_zero(0);
     if (NT > 1 || MB > 1) _tile_zero(1);
     if (NT > 2 || MB > 1) _tile_zero(2);
