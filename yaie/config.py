@@ -85,7 +85,9 @@ class SchedulerConfig:
     the whole budget on CUDA); the scheduler itself reads None as the whole budget. With more than
     max_num_prefill_tokens / `prefill_tokens_per_decode` requests decoding, the allowance is
     prefill_tokens_per_decode per decoding request instead: a step's decode work grows with them, so the same
-    prompt chunk stretches it less (and queued prompts keep up with a large batch's turnover).
+    prompt chunk stretches it less (and queued prompts keep up with a large batch's turnover). The cap applies
+    only while the decoding requests outnumber those waiting for their prompts (queued or part-way): when a
+    batch fills at once, its prompts are not held back to spare the first few streams.
     `prefill_context_cost_len`: under that allowance a prompt token starting at position P counts as
     1 + P / prefill_context_cost_len tokens, because its attention reads all P before it: chunks deep into a long
     prompt get smaller, so a step stays about as long at position 2,000 as at 0. None: every token counts 1.

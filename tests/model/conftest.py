@@ -127,3 +127,15 @@ def tiny_llama_d64_dir(
     sizes = {**TINY_SIZES, "hidden_size": 192, "num_attention_heads": 6, "num_key_value_heads": 2}
     model = LlamaForCausalLM(LlamaConfig(**sizes, head_dim=64, tie_word_embeddings=True))
     return save_tiny_model(model, smollm2_tokenizer, tmp_path_factory.mktemp("tiny_llama_d64"), seed=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_d128_dir(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> Path:
+    """Tiny random Llama with head_dim 128 and groups of 5 (5 q heads / 1 kv head): the C kernels' head_dim-128
+    paths, with query rows that fill no whole vector."""
+    torch.manual_seed(0)
+    sizes = {**TINY_SIZES, "hidden_size": 320, "num_attention_heads": 5, "num_key_value_heads": 1}
+    model = LlamaForCausalLM(LlamaConfig(**sizes, head_dim=128, tie_word_embeddings=True))
+    return save_tiny_model(model, smollm2_tokenizer, tmp_path_factory.mktemp("tiny_llama_d128"), seed=5)

@@ -158,14 +158,15 @@ def test_default_model_int4_answers_through_the_fused_step() -> None:
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["float16", "int8"])
-@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_qwen3_dir", "tiny_llama_d64_dir"])
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen2_dir", "tiny_qwen3_dir", "tiny_llama_d64_dir",
+                                           "tiny_llama_d128_dir"])
 def test_fused_int8_steps_match_the_int8_pytorch_path(model_fixture: str, kv_cache_dtype: str,
                                                       request: pytest.FixtureRequest) -> None:
     """The int8 step uses the same packed weights, activation codes and matmul as the runner's Int8Linear, and
     takes prompt chunks too (each prompt token attended like a decode): every step, prompt-only, mixed and
     decode-only, is checked against the model's path on the same inputs. With an int8 cache both paths store
-    the same codes and scales (attention/kv_layout.py's arithmetic). Head size 64 runs the AVX-512 kernels,
-    prompt chunks included (their tokens attended together: attend_chunk_z16)."""
+    the same codes and scales (attention/kv_layout.py's arithmetic). Head sizes 64 and 128 run the AVX-512
+    kernels, prompt chunks included (their tokens attended together: attend_chunk_z16)."""
     if load_int8_gemm_kernel() is None:
         pytest.skip("no AVX-512 VNNI: int8 steps stay on the PyTorch path")
     model_dir: Path = request.getfixturevalue(model_fixture)

@@ -135,61 +135,140 @@ static inline __attribute__((always_inline)) void attend_z16(
     }
 }
 
-/* 16 dot products q . kb[r] (rows D apart, r < 16), scaled, stored to dst[0, n). */
-static inline __attribute__((always_inline)) void dots16(const float *q, const float *kb, const int D, float scale,
-                                                         float *dst, int n) {
-    __m512 acc[Z16];
-    for (int r = 0; r < Z16; r++) acc[r] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_load_ps(kb + r * D));
-    for (int d = 16; d < D; d += 16) {
-        const __m512 qv = _mm512_loadu_ps(q + d);
-        for (int r = 0; r < Z16; r++) acc[r] = _mm512_fmadd_ps(qv, _mm512_load_ps(kb + r * D + d), acc[r]);
+/* Chunk attention works on the transposed problem: the queries of one kv head (m = nq * group rows, j = token *
+ * group + head) sit in the lanes of nvec = ceil(m / 16) vectors, so each key row's scores for sixteen queries come
+ * from D broadcast-FMAs with no horizontal sums, the softmax over keys runs down columns, and each V row is
+ * broadcast into a tile of output rows held in registers. */
+#define CHUNK_QV 3 /* query vectors per register tile of the score pass (x CHUNK_KR key rows accumulators) */
+#define CHUNK_KR 8
+
+/* st[r, v * 16 + l] = k[r] . qt[:, v * 16 + l] for r < CHUNK_KR, v < nv (qt, st rows mp floats apart). */
+static inline __attribute__((always_inline)) void score_tile(const float *qt, int64_t mp, const float *k, const int D,
+                                                             float *st, const int nv) {
+    __m512 acc[CHUNK_QV][CHUNK_KR];
+    for (int v = 0; v < nv; v++)
+        for (int r = 0; r < CHUNK_KR; r++) acc[v][r] = _mm512_setzero_ps();
+    for (int d = 0; d < D; d++) {
+        __m512 qv[CHUNK_QV];
+        for (int v = 0; v < nv; v++) qv[v] = _mm512_loadu_ps(qt + d * mp + v * 16);
+        for (int r = 0; r < CHUNK_KR; r++) {
+            const __m512 kb = _mm512_set1_ps(k[r * D + d]);
+            for (int v = 0; v < nv; v++) acc[v][r] = _mm512_fmadd_ps(kb, qv[v], acc[v][r]);
+        }
     }
-    _mm512_mask_storeu_ps(dst, (__mmask16)((1u << n) - 1), _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+    for (int r = 0; r < CHUNK_KR; r++)
+        for (int v = 0; v < nv; v++) _mm512_storeu_ps(st + r * mp + v * 16, acc[v][r]);
+}
+
+/* orow[h] += sum_r p[r, h] * vb[r] for h < nh, r < n (p rows mp apart, vb rows D apart), in registers. */
+static inline __attribute__((always_inline)) void value_tile(const float *p, int64_t mp, const float *vb, int n,
+                                                             const int D, float *const *orow, const int nh) {
+    __m512 acc[6][8];
+    for (int h = 0; h < nh; h++)
+        for (int c = 0; c < D / 16; c++) acc[h][c] = _mm512_loadu_ps(orow[h] + c * 16);
+    for (int r = 0; r < n; r++) {
+        __m512 v[8];
+        for (int c = 0; c < D / 16; c++) v[c] = _mm512_load_ps(vb + r * D + c * 16);
+        for (int h = 0; h < nh; h++) {
+            const __m512 pr = _mm512_set1_ps(p[r * mp + h]);
+            for (int c = 0; c < D / 16; c++) acc[h][c] = _mm512_fmadd_ps(pr, v[c], acc[h][c]);
+        }
+    }
+    for (int h = 0; h < nh; h++)
+        for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(orow[h] + c * 16, acc[h][c]);
+}
+
+/* Each column (query) of st [ctx, mp] -> its causal softmax over keys, unnormalised; inv[j] = 1 / its sum. Query
+ * j (token j / group, at position first_pos + j / group) sees keys t <= first_pos + j / group. */
+static void softmax_columns(float *st, int64_t mp, int64_t ctx, int64_t first_pos, int group, float *inv) {
+    for (int64_t v = 0; v < mp / 16; v++) {
+        float *col = st + v * 16;
+        const __m512i lane = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                              _mm512_set1_epi32((int)v * 16));
+        __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+        for (int64_t t = 0; t < ctx; t++) {
+            const __mmask16 seen = t <= first_pos ? 0xFFFF
+                                   : _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32((int)((t - first_pos) * group)));
+            mx = _mm512_mask_max_ps(mx, seen, mx, _mm512_loadu_ps(col + t * mp));
+        }
+        for (int64_t t = 0; t < ctx; t++) {
+            const __mmask16 seen = t <= first_pos ? 0xFFFF
+                                   : _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32((int)((t - first_pos) * group)));
+            const __m512 e = _mm512_maskz_mov_ps(seen, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + t * mp), mx)));
+            _mm512_storeu_ps(col + t * mp, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        _mm512_storeu_ps(inv + v * 16, _mm512_div_ps(_mm512_set1_ps(1.f), sum));
+    }
 }
 
 /* Causal attention for nq (<= CHUNK_TOKENS) consecutive tokens of one sequence at positions first_pos ..
  * first_pos + nq - 1 -- a prompt chunk -- against kv heads [kv_head, kv_head + num_kv): each K and V block is
- * widened once for all of them instead of once per token. q / out point at the first token's first query head,
- * tokens q_stride / out_stride floats apart; scores holds nq * num_kv * group rows of first_pos + nq floats. */
+ * widened once for all of them. q / out point at the first token's first query head, tokens q_stride / out_stride
+ * floats apart; scratch holds chunk_scratch_bytes(num_kv, group, D, first_pos + nq). */
 static inline __attribute__((always_inline)) void attend_chunk_z16(
     const float *q, int64_t q_stride, const void *k_cache, const void *v_cache, const int64_t *blocks,
     int64_t first_pos, int nq, int group, int num_kv_heads, const int D, int block_size, int kv_head, int num_kv,
-    float scale, float *scores, float *out, int64_t out_stride, const int kv_type) {
+    float scale, float *scratch, float *out, int64_t out_stride, const int kv_type) {
     const int64_t head_bytes = kv_head_bytes(kv_type, D), row_bytes = num_kv_heads * head_bytes;
-    const int64_t ctx = first_pos + nq, q_rows = (int64_t)num_kv * group;
+    const int64_t ctx = first_pos + nq, ctx16 = (ctx + Z16 - 1) / Z16 * Z16;
+    const int m = nq * group, nvec = (m + 15) / 16;
+    const int64_t mp = (int64_t)nvec * 16;
+    float *qt = scratch;                     /* [num_kv, D, mp]: the queries transposed, times scale */
+    float *st = qt + (int64_t)num_kv * D * mp; /* [num_kv, ctx16, mp]: scores, then softmax weights */
+    float *inv = st + (int64_t)num_kv * ctx16 * mp; /* [num_kv, mp] */
     float buf[Z16 * MAX_WIDTH] __attribute__((aligned(64)));
     const char *rows[Z16];
+    float *orow[6];
+    for (int kv = 0; kv < num_kv; kv++)
+        for (int j = 0; j < mp; j++) {
+            const float *qrow = q + (j / group) * q_stride + (kv * group + j % group) * D;
+            for (int d = 0; d < D; d++) qt[((int64_t)kv * D + d) * mp + j] = j < m ? qrow[d] * scale : 0.f;
+        }
     for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
         row_ptrs(rows, k_cache, blocks, t0, ctx, block_size, row_bytes, kv_head, head_bytes);
         widen_block(buf, rows, num_kv, D, kv_type);
-        for (int i = 0; i < nq; i++) {
-            const int64_t visible = first_pos + i + 1 - t0; /* keys of this block token i attends */
-            if (visible <= 0) continue;
-            for (int j = 0; j < q_rows; j++)
-                dots16(q + i * q_stride + j * D, buf + j / group * Z16 * D, D, scale,
-                       scores + (i * q_rows + j) * ctx + t0, visible < Z16 ? (int)visible : Z16);
-        }
+        for (int kv = 0; kv < num_kv; kv++)
+            for (int v0 = 0; v0 < nvec; v0 += CHUNK_QV)
+                for (int r0 = 0; r0 < Z16; r0 += CHUNK_KR) {
+                    const float *qk = qt + (int64_t)kv * D * mp + v0 * 16, *kb = buf + (kv * Z16 + r0) * D;
+                    float *s = st + ((int64_t)kv * ctx16 + t0 + r0) * mp + v0 * 16;
+                    switch (nvec - v0) {
+                    case 1: score_tile(qk, mp, kb, D, s, 1); break;
+                    case 2: score_tile(qk, mp, kb, D, s, 2); break;
+                    default: score_tile(qk, mp, kb, D, s, CHUNK_QV);
+                    }
+                }
     }
-    for (int i = 0; i < nq; i++)
-        softmax_rows_strided(scores + i * q_rows * ctx, (int)q_rows, first_pos + i + 1, ctx, out + i * out_stride, D);
+    for (int kv = 0; kv < num_kv; kv++) {
+        softmax_columns(st + (int64_t)kv * ctx16 * mp, mp, ctx, first_pos, group, inv + kv * mp);
+        for (int j = 0; j < m; j++)
+            memset(out + (j / group) * out_stride + (kv * group + j % group) * D, 0, sizeof(float) * D);
+    }
     for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
+        const int n = ctx - t0 < Z16 ? (int)(ctx - t0) : Z16;
         row_ptrs(rows, v_cache, blocks, t0, ctx, block_size, row_bytes, kv_head, head_bytes);
         widen_block(buf, rows, num_kv, D, kv_type);
-        for (int i = 0; i < nq; i++) {
-            const int64_t visible = first_pos + i + 1 - t0;
-            if (visible <= 0) continue;
-            const int n = visible < Z16 ? (int)visible : Z16;
-            for (int j = 0; j < q_rows; j++) {
-                const float *p = scores + (i * q_rows + j) * ctx + t0, *vb = buf + j / group * Z16 * D;
-                float *o = out + i * out_stride + j * D;
-                __m512 acc[8];
-                for (int c = 0; c < D / 16; c++) acc[c] = _mm512_loadu_ps(o + c * 16);
-                for (int r = 0; r < n; r++) {
-                    const __m512 pr = _mm512_set1_ps(p[r]);
-                    for (int c = 0; c < D / 16; c++) acc[c] = _mm512_fmadd_ps(pr, _mm512_load_ps(vb + r * D + c * 16), acc[c]);
+        for (int kv = 0; kv < num_kv; kv++)
+            for (int j0 = 0; j0 < m; j0 += Z16_HEADS(D)) {
+                const int nh = m - j0 < Z16_HEADS(D) ? m - j0 : Z16_HEADS(D);
+                for (int h = 0; h < nh; h++)
+                    orow[h] = out + (j0 + h) / group * out_stride + (kv * group + (j0 + h) % group) * D;
+                const float *p = st + ((int64_t)kv * ctx16 + t0) * mp + j0, *vb = buf + kv * Z16 * D;
+                switch (nh) {
+                case 1: value_tile(p, mp, vb, n, D, orow, 1); break;
+                case 2: value_tile(p, mp, vb, n, D, orow, 2); break;
+                case 3: value_tile(p, mp, vb, n, D, orow, 3); break;
+                case 4: value_tile(p, mp, vb, n, D, orow, 4); break;
+                case 5: value_tile(p, mp, vb, n, D, orow, 5); break;
+                default: value_tile(p, mp, vb, n, D, orow, Z16_HEADS(D));
                 }
-                for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(o + c * 16, acc[c]);
             }
-        }
     }
+    for (int kv = 0; kv < num_kv; kv++)
+        for (int j = 0; j < m; j++) {
+            float *o = out + (j / group) * out_stride + (kv * group + j % group) * D;
+            const __m512 s = _mm512_set1_ps(inv[kv * mp + j]);
+            for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(o + c * 16, _mm512_mul_ps(_mm512_loadu_ps(o + c * 16), s));
+        }
 }

@@ -295,6 +295,14 @@ static size_t attend_scratch_bytes(int num_kv, int group, int64_t max_ctx) {
     return sizeof(float) * (size_t)num_kv * (size_t)group * (size_t)max_ctx;
 }
 
+/* Scratch one chunk-attention task needs (up to CHUNK_TOKENS tokens over contexts up to max_ctx): the queries
+ * transposed [num_kv, D, mp], the scores [num_kv, ctx rounded up to 16, mp] and [num_kv, mp] sums' inverses,
+ * mp = CHUNK_TOKENS * group rounded up to 16. */
+static size_t chunk_scratch_bytes(int num_kv, int group, int head_dim, int64_t max_ctx) {
+    const size_t mp = ((size_t)CHUNK_TOKENS * (size_t)group + 15) / 16 * 16;
+    return sizeof(float) * (size_t)num_kv * mp * ((size_t)head_dim + ((size_t)max_ctx + 15) / 16 * 16 + 1);
+}
+
 /* The kernel for this head size and cache type. */
 static attend_fn pick_attend(int head_dim, int kv_type) {
 #if defined(__AVX512F__)

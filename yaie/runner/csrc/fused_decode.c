@@ -331,8 +331,10 @@ int yaie_fused_decode(const model_desc *m, float *x, int64_t B, const int64_t *p
     step_desc s = {B, max_blocks, 0, positions, slots, block_table, context_lens, run_start, 1};
     s.num_runs = find_runs(B, positions, block_table, max_blocks, run_start);
     if (s.num_runs >= 4 * num_threads && Hkv * D <= MAX_WIDTH) s.num_kv = (int)Hkv;
-    /* Per thread: the scores of up to CHUNK_TOKENS tokens (a chunk task) over the longest context. */
-    const size_t scratch_per_thread = (CHUNK_TOKENS * attend_scratch_bytes(s.num_kv, (int)group, max_ctx) + 63) / 64 * 64;
+    /* Per thread: a decode's scores or a chunk task's scratch, over the longest context. */
+    const size_t decode_bytes = attend_scratch_bytes(s.num_kv, (int)group, max_ctx);
+    const size_t chunk_bytes = chunk_scratch_bytes(s.num_kv, (int)group, (int)D, max_ctx);
+    const size_t scratch_per_thread = ((decode_bytes > chunk_bytes ? decode_bytes : chunk_bytes) + 63) / 64 * 64;
     char *scores_all = malloc(scratch_per_thread * num_threads);
     if (!scores_all) {
         free(run_start);
