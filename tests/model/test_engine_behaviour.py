@@ -119,6 +119,12 @@ def test_priority_policy_serves_urgent_first(tiny_llama_dir) -> None:  # type: i
     assert engine.stats().num_preemptions_total >= 1
 
 
+def test_kv_blocks_default_to_64_tokens_on_cpu(tiny_llama_dir: Path) -> None:
+    engine = LLM(str(tiny_llama_dir), num_blocks=8).engine
+    assert engine.parts.cache_config.block_size == 64 and engine.stats().kv_capacity_tokens == 8 * 64
+    assert LLM(str(tiny_llama_dir), num_blocks=8, block_size=16).engine.stats().kv_capacity_tokens == 8 * 16
+
+
 def test_prompt_chunks_while_decoding_default_to_64_tokens_on_cpu(tiny_llama_dir: Path) -> None:
     assert LLM(str(tiny_llama_dir), num_blocks=32).engine.scheduler._config.max_num_prefill_tokens == 64
     chosen = LLM(str(tiny_llama_dir), num_blocks=32, max_num_prefill_tokens=200)

@@ -304,19 +304,6 @@ def test_prefill_allowance_grows_with_the_number_of_decoding_requests(make_reque
     assert chunks(output)[-1] == ("long", 6, 6)
 
 
-def test_prompts_take_the_whole_budget_while_they_outnumber_the_decoding_requests(make_request) -> None:
-    scheduler = make_scheduler(num_blocks=64, max_num_batched_tokens=32, max_num_prefill_tokens=4,
-                               prefill_tokens_per_decode=0, prefill_context_cost_len=None)
-    scheduler.add_request(make_request("stream", 3, max_tokens=40))
-    step(scheduler)  # its prompt, alone
-    scheduler.add_request(make_request("p1", seq(100, 20), max_tokens=1))
-    scheduler.add_request(make_request("p2", seq(200, 20), max_tokens=1))
-    output, _ = step(scheduler)  # two prompts wait, one request decodes: the whole budget
-    assert chunks(output) == [("stream", 3, 1), ("p1", 0, 20), ("p2", 0, 11)]
-    output, _ = step(scheduler)  # p2, part-way, against one decoding request: the cap again
-    assert chunks(output) == [("stream", 4, 1), ("p2", 11, 4)]
-
-
 def test_prompt_chunks_shrink_with_the_context_they_attend_to(make_request) -> None:
     scheduler = make_scheduler(num_blocks=64, max_num_batched_tokens=64, max_num_prefill_tokens=16,
                                prefill_tokens_per_decode=0, prefill_context_cost_len=32)

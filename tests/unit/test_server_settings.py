@@ -48,7 +48,8 @@ def test_defaults() -> None:
     settings = load_settings({}, environ={})
     assert settings.host == "127.0.0.1" and settings.port == 8000 and settings.api_key is None
     engine = settings.engine_config()
-    assert engine.model.model is None and engine.scheduler.max_num_seqs == 64 and engine.cache.block_size == 16
+    assert engine.model.model is None and engine.scheduler.max_num_seqs == 64
+    assert engine.cache.block_size is None and engine.cache.prefault  # block size: the device picks
 
 
 def test_yaml_sections_fill_the_configs(config_file: Path) -> None:

@@ -53,7 +53,7 @@ class LLMEngine:
         self.tokenizer = self.parts.tokenizer
         self.max_model_len = self.parts.max_model_len
         self.model_name = self.parts.model_name
-        self.scheduler = Scheduler(self.parts.scheduler_config, config.cache, self.parts.num_blocks)
+        self.scheduler = Scheduler(self.parts.scheduler_config, self.parts.cache_config, self.parts.num_blocks)
         self.runner = self.parts.runner
         self.output_processor = OutputProcessor(self.tokenizer)
         self.structured = StructuredOutputManager(
@@ -175,8 +175,8 @@ class LLMEngine:
             kv_cache_usage=s.kv_cache_usage,
             num_blocks=num_blocks,
             num_free_blocks=self.scheduler.kv_cache_manager.num_free_blocks,
-            block_size=self.config.cache.block_size,
-            kv_capacity_tokens=num_blocks * self.config.cache.block_size,
+            block_size=self.parts.cache_config.block_size,
+            kv_capacity_tokens=num_blocks * self.parts.cache_config.block_size,
             prefix_queries_tokens=s.prefix_queries_tokens,
             prefix_hits_tokens=s.prefix_hits_tokens,
             num_preemptions_total=s.num_preemptions_total,

@@ -30,6 +30,8 @@ CUDA_KV_FRACTION = 0.85
 # Prompt tokens per step while streams decode, on CPU: 64-token chunks keep a 16-stream float32 decode step's
 # ITL p99 under 3x its p50 (W4 in docs/benchmarks.md); CUDA steps take the whole budget.
 CPU_DEFAULT_PREFILL_TOKENS = 64
+CPU_BLOCK_SIZE = 64
+CUDA_BLOCK_SIZE = 16
 
 
 @dataclass
@@ -42,6 +44,7 @@ class EngineParts:
     eos_token_ids: frozenset[int]
     vocab_size: int
     scheduler_config: SchedulerConfig
+    cache_config: CacheConfig  # block_size resolved
 
 
 def build_engine_parts(config: EngineConfig) -> EngineParts:
@@ -60,17 +63,19 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         logger.info("%s quantization: %d linear layers", config.model.quantization, num_layers)
     elif config.runner.onednn_linear and device.type == "cpu" and dtype == torch.float32:
         logger.info("float32 linears on oneDNN (pre-packed weights): %d layers", use_onednn_linears(model))
-    kv_dtype = select_kv_dtype(config.cache, dtype, device, config.model.quantization)
-    num_blocks = plan_num_blocks(config.cache, model, kv_dtype, device, max_model_len)
-    runner = ModelRunner(model, num_blocks, config.cache.block_size, device, kv_dtype, seed=config.model.seed,
+    cache = select_cache_config(config.cache, device)
+    kv_dtype = select_kv_dtype(cache, dtype, device, config.model.quantization)
+    num_blocks = plan_num_blocks(cache, model, kv_dtype, device, max_model_len)
+    runner = ModelRunner(model, num_blocks, cache.block_size, device, kv_dtype, seed=config.model.seed,
                          use_cpu_kernel=config.runner.cpu_attention_kernel,
-                         fused_decode_max_batch=config.runner.fused_decode_max_batch)
-    capacity = num_blocks * config.cache.block_size
+                         fused_decode_max_batch=config.runner.fused_decode_max_batch,
+                         prefault_kv=cache.prefault)
+    capacity = num_blocks * cache.block_size
     logger.info(
         "model %s loaded in %.1fs on %s (%s, %d threads): KV cache (%s) %d blocks x %d = %d tokens, "
         "max concurrency %.1f at %d tokens/request",
         checkpoint.path.name, time.monotonic() - started, device, str(dtype).removeprefix("torch."),
-        torch.get_num_threads(), str(kv_dtype).removeprefix("torch."), num_blocks, config.cache.block_size,
+        torch.get_num_threads(), str(kv_dtype).removeprefix("torch."), num_blocks, cache.block_size,
         capacity, capacity / max_model_len,
         max_model_len,
     )
@@ -88,7 +93,15 @@ def build_engine_parts(config: EngineConfig) -> EngineParts:
         eos_token_ids=frozenset(arch.eos_token_ids),
         vocab_size=arch.vocab_size,
         scheduler_config=select_scheduler_config(config.scheduler, device),
+        cache_config=cache,
     )
+
+
+def select_cache_config(config: CacheConfig, device: torch.device) -> CacheConfig:
+    """Resolve the device-dependent default: block_size None -> 64 on CPU, 16 on CUDA."""
+    if config.block_size is None:
+        return dataclasses.replace(config, block_size=CPU_BLOCK_SIZE if device.type == "cpu" else CUDA_BLOCK_SIZE)
+    return config
 
 
 def select_scheduler_config(config: SchedulerConfig, device: torch.device) -> SchedulerConfig:

@@ -181,16 +181,13 @@ class Scheduler:
     def _prefill_budget(self) -> int:
         """The whole token budget, or while D running requests decode max(max_num_prefill_tokens,
         prefill_tokens_per_decode * D) of it: a long prompt advances in chunks small enough to keep the streams'
-        inter-token latency, and the allowance grows with the decode work a step already carries. The cap
-        protects the many, not the few: while more requests wait for their prompts (queued, or part-way through
-        one) than decode, prompts take the whole budget, as when nothing decodes."""
+        inter-token latency, and the allowance grows with the decode work a step already carries."""
         budget = self._config.max_num_batched_tokens
         cap = self._config.max_num_prefill_tokens
         if cap is None:
             return budget
         num_decoding = sum(1 for r in self._running if r.num_tokens - r.num_computed_tokens == 1)
-        num_prompting = len(self._running) - num_decoding + len(self._waiting)
-        if num_prompting > num_decoding or num_decoding == 0:
+        if num_decoding == 0:
             return budget
         return min(max(cap, self._config.prefill_tokens_per_decode * num_decoding), budget)
 

@@ -83,7 +83,8 @@ class ServeSettings(BaseModel):
     max_queued_tokens: int | None = _opt(None, "Waiting-queue limit in prompt tokens; beyond it requests get 503 "
                                                "(default: no limit).", "scheduler.max_queued_tokens", ge=0)
     # memory
-    block_size: int = _opt(16, "KV-cache block size in tokens (a power of two).", "memory.block_size", ge=1)
+    block_size: int | None = _opt(None, "KV-cache block size in tokens, a power of two (default: 64 on CPU, 16 on "
+                                        "CUDA).", "memory.block_size", ge=1)
     kv_cache_memory: float | None = _opt(None, "KV-cache budget: bytes when > 1, else a fraction of free memory "
                                                "(default: 384 MiB on CPU, 85% of free GPU memory).",
                                          "memory.kv_cache_memory", gt=0)
@@ -94,6 +95,9 @@ class ServeSettings(BaseModel):
                                                 "int8, CPU only: half of float16's bytes).", "memory.kv_cache_dtype")
     enable_prefix_caching: bool = _opt(True, "Reuse the KV of shared prompt prefixes.",
                                        "memory.enable_prefix_caching", flag="--prefix-caching")
+    prefault_kv_cache: bool = _opt(True, "On CPU, map the KV cache's pages in the background after start-up "
+                                         "(off: each page on its first write, inside a step).",
+                                   "memory.prefault_kv_cache", flag="--kv-prefault")
     # runner
     num_threads: int | None = _opt(None, "CPU threads for torch (default: all cores).", "runner.num_threads", ge=1)
     cpu_attention_kernel: bool = _opt(True, "On CPU, read the paged KV cache in place with the C decode kernel "
@@ -145,7 +149,7 @@ class ServeSettings(BaseModel):
                               quantization=self.quantization, seed=self.seed),
             cache=CacheConfig(block_size=self.block_size, kv_cache_memory=self.kv_cache_memory,
                               num_blocks=self.num_blocks, enable_prefix_caching=self.enable_prefix_caching,
-                              kv_cache_dtype=self.kv_cache_dtype),
+                              kv_cache_dtype=self.kv_cache_dtype, prefault=self.prefault_kv_cache),
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       max_num_prefill_tokens=self.max_num_prefill_tokens,
