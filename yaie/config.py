@@ -59,7 +59,7 @@ class CacheConfig:
     attention still computes in float32), or int8 with int8 weights; the model's dtype on CUDA. "float32" keeps
     K/V exact. "int8" (CPU): per-token, per-head int8 codes and a float32 scale, half of float16's bytes for the
     memory-bound decode attention (attention/kv_layout.py; SmolLM2 perplexity +0.2% with float32 weights).
-    `prefault`: on CPU (Linux), map the cache's pages from a low-priority background thread after start-up
+    `prefault`: on CPU (Linux), map the cache's pages from a background thread once start-up is over
     instead of at each page's first write inside a decode step (runner/kv_prefault.py); the whole budget then
     becomes resident.
     """

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from yaie import LLM
-from yaie.runner.kv_prefault import start_kv_prefault
+from yaie.runner.kv_prefault import make_kv_prefaulter
 from yaie.runner.model_runner import _zeros
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
@@ -36,8 +36,9 @@ def test_prefault_maps_every_layer_and_keeps_what_was_written() -> None:
     caches[3][1, 5000] = 7  # a slot already in use: V of layer 3
     caches[0][0, 0] = -2
     assert all(resident_fraction(cache) < 0.5 for cache in caches)  # mapped on first write
-    prefaulter = start_kv_prefault(caches, block_size=16)
+    prefaulter = make_kv_prefaulter(caches, block_size=16)
     assert prefaulter is not None
+    prefaulter.start()
     assert prefaulter.done.wait(60)
     assert all(resident_fraction(cache) == 1.0 for cache in caches)
     assert bool((caches[3][1, 5000] == 7).all()) and bool((caches[0][0, 0] == -2).all())
@@ -48,8 +49,9 @@ def test_prefault_maps_every_layer_and_keeps_what_was_written() -> None:
 
 def test_prefault_stops_when_the_caches_are_gone() -> None:
     caches = [_zeros((2, 1 << 16, 2, 68), torch.int8, torch.device("cpu")) for _ in range(4)]
-    prefaulter = start_kv_prefault(caches, block_size=16)
+    prefaulter = make_kv_prefaulter(caches, block_size=16)
     assert prefaulter is not None
+    prefaulter.start()
     del caches
     assert prefaulter.done.wait(60)
 

@@ -57,6 +57,7 @@ class AsyncEngine:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="yaie-engine", daemon=True)
         self._thread.start()
+        self.engine.start_background_work()
 
     async def shutdown(self) -> None:
         self._stopping = True

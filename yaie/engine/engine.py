@@ -139,6 +139,11 @@ class LLMEngine:
         self.structured.remove(c.request_id for c in state.children)
         return self.output_processor.abort(request_id)
 
+    def start_background_work(self) -> None:
+        """Begin work that must not slow start-up: mapping the CPU KV cache's pages (runner/kv_prefault.py)."""
+        if self.runner.kv_prefaulter is not None:
+            self.runner.kv_prefaulter.start()
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 

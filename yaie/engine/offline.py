@@ -24,6 +24,7 @@ class LLM:
 
     def __init__(self, model: str | None = None, **engine_options: Any) -> None:
         self.engine = LLMEngine(engine_config_from_options(model, **engine_options))
+        self.engine.start_background_work()
         self.tokenizer = self.engine.tokenizer
         self._next_id = 0
 

@@ -1,13 +1,13 @@
-"""Maps the CPU KV cache's pages ahead of use, from a low-priority background thread.
+"""Maps the CPU KV cache's pages ahead of use, from a background thread started once the engine serves.
 
 The CPU cache is allocated lazily (calloc: a page is mapped when first written), so start-up stays quick. But
 the first write to a page costs far more than the write, most of all on a VM whose host backs guest memory on
-demand (measured on a 2-vCPU cloud VM: ~6.5 ms per MB, 2.5 s for the default 384 MiB), and that cost lands inside
-decode steps, on every thread of the step. `KVPrefaulter` maps the pages instead, with madvise(MADV_POPULATE_WRITE)
-(Linux 5.14+; contents are left as they are, so pages already in use are safe), a few blocks at a time in the
-order the block pool hands blocks out, from a daemon thread at the lowest CPU priority: it runs while the cores
-would otherwise idle (model loading leaves one core mostly free) and yields to the engine. Elsewhere (another OS,
-an older kernel, a CUDA cache) it does nothing.
+demand (measured on a 2-vCPU cloud VM: up to ~6.5 ms per MB, 2.5 s for the default 384 MiB), and that cost lands
+inside steps, where every thread of the step waits for it. `KVPrefaulter` maps the pages instead, with
+madvise(MADV_POPULATE_WRITE) (Linux 5.14+; contents are left as they are, so pages already in use are safe), a
+few hundred KB per call in the order the block pool hands blocks out. It runs at normal priority: a low-priority
+thread could be descheduled while the kernel holds the address-space lock for its call, and stall the engine's
+own allocations behind it. Elsewhere (another OS, an older kernel, a CUDA cache) it does nothing.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ logger = logging.getLogger(__name__)
 
 MADV_POPULATE_WRITE = 23
 PAGE_BYTES = 4096
-BLOCKS_PER_CALL = 64  # per layer and K/V half: ~200 KB of an int8 SmolLM2 cache, a few ms of faults
-LOWEST_PRIORITY = 19
+BYTES_PER_CALL = 256 << 10  # per layer and K/V half: at most ~2 ms of faults on a slow VM
 
 
 class KVPrefaulter:
@@ -45,7 +44,9 @@ class KVPrefaulter:
         self._thread = threading.Thread(target=self._run, name="yaie-kv-prefault", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the thread (once; later calls do nothing)."""
+        if not self._thread.is_alive() and not self.done.is_set():
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -53,9 +54,8 @@ class KVPrefaulter:
     def _run(self) -> None:
         started = time.monotonic()
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
             madvise = _libc_madvise()
-            step = BLOCKS_PER_CALL * self._block_size
+            step = max(BYTES_PER_CALL // self._slot_bytes // self._block_size, 1) * self._block_size
             for first_slot in range(0, self._num_slots, step):
                 num_slots = min(step, self._num_slots - first_slot)
                 if self._stop.is_set() or not self._populate(madvise, first_slot, num_slots):
@@ -91,10 +91,8 @@ def _libc_madvise() -> Callable[..., int]:
     return madvise
 
 
-def start_kv_prefault(kv_caches: list[torch.Tensor], block_size: int) -> KVPrefaulter | None:
-    """Start populating CPU caches in the background (Linux only); None where there is nothing to do."""
+def make_kv_prefaulter(kv_caches: list[torch.Tensor], block_size: int) -> KVPrefaulter | None:
+    """A prefaulter for CPU caches on Linux (not started); None where there is nothing to do."""
     if not sys.platform.startswith("linux") or not kv_caches or kv_caches[0].device.type != "cpu":
         return None
-    prefaulter = KVPrefaulter(kv_caches, block_size)
-    prefaulter.start()
-    return prefaulter
+    return KVPrefaulter(kv_caches, block_size)

@@ -16,7 +16,7 @@ from yaie.attention.kv_layout import bytes_per_slot, cache_shape
 from yaie.models.llama import LlamaForCausalLM
 from yaie.runner.fused_decode import KIND_Q4_1, FusedDecoder, build_fused_decoder
 from yaie.runner.input_batch import StepInputs, prepare_inputs
-from yaie.runner.kv_prefault import start_kv_prefault
+from yaie.runner.kv_prefault import KVPrefaulter, make_kv_prefaulter
 from yaie.runner.quantization import Int8Linear, drop_q4_blocks
 from yaie.sampling.allowed_tokens import AllowedTokens, GrammarBitmask
 from yaie.sampling.metadata import SamplingMetadata
@@ -52,7 +52,8 @@ class ModelRunner:
         self.vocab_size = model.arch.vocab_size
         self.sampler = Sampler(seed=seed)
         self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, kv_dtype, device)
-        self.kv_prefaulter = start_kv_prefault(self.kv_caches, block_size) if prefault_kv else None
+        # started by whoever runs the engine, once start-up is over (LLM, AsyncEngine)
+        self.kv_prefaulter: KVPrefaulter | None = make_kv_prefaulter(self.kv_caches, block_size) if prefault_kv else None
         use_kernel = (use_cpu_kernel and device.type == "cpu" and kv_dtype in KV_DTYPES
                       and model.embed_tokens.weight.dtype == torch.float32)
         self.decode_kernel = load_decode_kernel() if use_kernel else None
