@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from yaie import LLM
 from yaie.runner.kv_prefault import make_kv_prefaulter
-from yaie.runner.model_runner import _zeros
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
 
@@ -29,10 +30,15 @@ def resident_fraction(cache: torch.Tensor) -> float:
     return sum(flag & 1 for flag in pages) / len(pages)
 
 
+def fresh_cache(num_slots: int) -> torch.Tensor:
+    """A [2, S, Hkv, D + 4] int8 cache on a fresh anonymous mapping (no page mapped yet), as calloc gives a large
+    cache; calloc itself may reuse memory a test before this one freed."""
+    buffer = mmap.mmap(-1, 2 * num_slots * 2 * 68)
+    return torch.from_numpy(np.frombuffer(buffer, dtype=np.int8).reshape(2, num_slots, 2, 68))
+
+
 def test_prefault_maps_every_layer_and_keeps_what_was_written() -> None:
-    # [2, S, Hkv, D + 4] int8, 40 MB per layer: above glibc's largest mmap threshold, so freshly mapped
-    num_slots, slot_shape = 150_000, (2, 68)
-    caches = [_zeros((2, num_slots, *slot_shape), torch.int8, torch.device("cpu")) for _ in range(4)]
+    caches = [fresh_cache(num_slots=30_000) for _ in range(4)]
     caches[3][1, 5000] = 7  # a slot already in use: V of layer 3
     caches[0][0, 0] = -2
     assert all(resident_fraction(cache) < 0.5 for cache in caches)  # mapped on first write
@@ -48,7 +54,7 @@ def test_prefault_maps_every_layer_and_keeps_what_was_written() -> None:
 
 
 def test_prefault_stops_when_the_caches_are_gone() -> None:
-    caches = [_zeros((2, 1 << 16, 2, 68), torch.int8, torch.device("cpu")) for _ in range(4)]
+    caches = [fresh_cache(num_slots=1 << 16) for _ in range(4)]
     prefaulter = make_kv_prefaulter(caches, block_size=16)
     assert prefaulter is not None
     prefaulter.start()
