@@ -202,6 +202,22 @@ static void softmax_columns(float *st, int64_t mp, int64_t ctx, int64_t first_po
     }
 }
 
+/* qt [num_kv, D, mp] <- the m query rows of each kv head (row j: token j / group, head j % group of the group;
+ * tokens q_stride floats apart) transposed and times scale; lanes m..mp-1 zero. */
+static void transpose_queries(const float *q, int64_t q_stride, int m, int64_t mp, int group, int num_kv, int D,
+                              float scale, float *qt) {
+    for (int kv = 0; kv < num_kv; kv++)
+        for (int j = 0; j < mp; j++) {
+            const float *qrow = q + (j / group) * q_stride + (kv * group + j % group) * D;
+            for (int d = 0; d < D; d++) qt[((int64_t)kv * D + d) * mp + j] = j < m ? qrow[d] * scale : 0.f;
+        }
+}
+
+/* row[0:D] *= s (D a multiple of 16). */
+static inline void scale_row(float *row, float s, int D) {
+    for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(row + c * 16, _mm512_mul_ps(_mm512_loadu_ps(row + c * 16), _mm512_set1_ps(s)));
+}
+
 /* Causal attention for nq (<= CHUNK_TOKENS) consecutive tokens of one sequence at positions first_pos ..
  * first_pos + nq - 1 -- a prompt chunk -- against kv heads [kv_head, kv_head + num_kv): each K and V block is
  * widened once for all of them. q / out point at the first token's first query head, tokens q_stride / out_stride
@@ -220,11 +236,7 @@ static inline __attribute__((always_inline)) void attend_chunk_z16(
     float buf[Z16 * MAX_WIDTH] __attribute__((aligned(64)));
     const char *rows[Z16];
     float *orow[6];
-    for (int kv = 0; kv < num_kv; kv++)
-        for (int j = 0; j < mp; j++) {
-            const float *qrow = q + (j / group) * q_stride + (kv * group + j % group) * D;
-            for (int d = 0; d < D; d++) qt[((int64_t)kv * D + d) * mp + j] = j < m ? qrow[d] * scale : 0.f;
-        }
+    transpose_queries(q, q_stride, m, mp, group, num_kv, D, scale, qt);
     for (int64_t t0 = 0; t0 < ctx; t0 += Z16) {
         row_ptrs(rows, k_cache, blocks, t0, ctx, block_size, row_bytes, kv_head, head_bytes);
         widen_block(buf, rows, num_kv, D, kv_type);
@@ -266,9 +278,6 @@ static inline __attribute__((always_inline)) void attend_chunk_z16(
             }
     }
     for (int kv = 0; kv < num_kv; kv++)
-        for (int j = 0; j < m; j++) {
-            float *o = out + (j / group) * out_stride + (kv * group + j % group) * D;
-            const __m512 s = _mm512_set1_ps(inv[kv * mp + j]);
-            for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(o + c * 16, _mm512_mul_ps(_mm512_loadu_ps(o + c * 16), s));
-        }
+        for (int j = 0; j < m; j++)
+            scale_row(out + (j / group) * out_stride + (kv * group + j % group) * D, inv[kv * mp + j], D);
 }
