@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import sys
 import threading
@@ -26,7 +27,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 MADV_POPULATE_WRITE = 23
-PAGE_BYTES = 4096
 BYTES_PER_CALL = 256 << 10  # per layer and K/V half: at most ~2 ms of faults on a slow VM
 
 
@@ -38,18 +38,13 @@ class KVPrefaulter:
         self._block_size = block_size
         self._num_slots = kv_caches[0].shape[1] if kv_caches else 0
         self._slot_bytes = kv_caches[0][0, 0].nbytes if kv_caches else 0
-        self._stop = threading.Event()
         self.done = threading.Event()
-        self.seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="yaie-kv-prefault", daemon=True)
 
     def start(self) -> None:
         """Start the thread (once; later calls do nothing)."""
         if not self._thread.is_alive() and not self.done.is_set():
             self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -58,10 +53,9 @@ class KVPrefaulter:
             step = max(BYTES_PER_CALL // self._slot_bytes // self._block_size, 1) * self._block_size
             for first_slot in range(0, self._num_slots, step):
                 num_slots = min(step, self._num_slots - first_slot)
-                if self._stop.is_set() or not self._populate(madvise, first_slot, num_slots):
+                if not self._populate(madvise, first_slot, num_slots):
                     return
-            self.seconds = time.monotonic() - started
-            logger.info("KV cache resident after %.1fs in the background", self.seconds)
+            logger.info("KV cache resident after %.1fs in the background", time.monotonic() - started)
         except OSError as exc:  # no MADV_POPULATE_WRITE (kernel < 5.14): pages stay mapped on first write
             logger.debug("KV cache prefault unavailable: %s", exc)
         finally:
@@ -76,7 +70,7 @@ class KVPrefaulter:
             for half in range(2):
                 start = cache.data_ptr() + (half * self._num_slots + first_slot) * self._slot_bytes
                 end = start + num_slots * self._slot_bytes
-                aligned = start // PAGE_BYTES * PAGE_BYTES
+                aligned = start // mmap.PAGESIZE * mmap.PAGESIZE
                 if madvise(aligned, end - aligned, MADV_POPULATE_WRITE) != 0:
                     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
             del cache
