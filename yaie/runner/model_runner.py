@@ -137,8 +137,8 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """On CPU, calloc-backed zeros (numpy): pages are mapped only when first written, so resident memory grows
-    with the KV actually used instead of the whole budget at start."""
+    """On CPU, calloc-backed zeros (numpy): no page is mapped at allocation, so start-up does not pay for the
+    whole budget; they are mapped on first write, or earlier by the background prefault (kv_prefault.py)."""
     if device.type == "cpu" and dtype in _NUMPY_DTYPES:
         return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
     return torch.zeros(shape, dtype=dtype, device=device)
