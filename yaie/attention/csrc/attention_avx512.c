@@ -178,22 +178,23 @@ static inline __attribute__((always_inline)) void value_tile(const float *p, int
         for (int c = 0; c < D / 16; c++) _mm512_storeu_ps(orow[h] + c * 16, acc[h][c]);
 }
 
-/* Each column (query) of st [ctx, mp] -> its causal softmax over keys, unnormalised; inv[j] = 1 / its sum. Query
- * j (token j / group, at position first_pos + j / group) sees keys t <= first_pos + j / group. */
+/* The lanes (queries j = lane) that see key t: query j (token j / group, at position first_pos + j / group) sees
+ * keys t <= first_pos + j / group. */
+static inline __mmask16 sees_key(__m512i lane, int64_t t, int64_t first_pos, int group) {
+    return t <= first_pos ? 0xFFFF : _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32((int)((t - first_pos) * group)));
+}
+
+/* Each column (query) of st [ctx, mp] -> its causal softmax over keys, unnormalised; inv[j] = 1 / its sum. */
 static void softmax_columns(float *st, int64_t mp, int64_t ctx, int64_t first_pos, int group, float *inv) {
     for (int64_t v = 0; v < mp / 16; v++) {
         float *col = st + v * 16;
         const __m512i lane = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                               _mm512_set1_epi32((int)v * 16));
         __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+        for (int64_t t = 0; t < ctx; t++)
+            mx = _mm512_mask_max_ps(mx, sees_key(lane, t, first_pos, group), mx, _mm512_loadu_ps(col + t * mp));
         for (int64_t t = 0; t < ctx; t++) {
-            const __mmask16 seen = t <= first_pos ? 0xFFFF
-                                   : _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32((int)((t - first_pos) * group)));
-            mx = _mm512_mask_max_ps(mx, seen, mx, _mm512_loadu_ps(col + t * mp));
-        }
-        for (int64_t t = 0; t < ctx; t++) {
-            const __mmask16 seen = t <= first_pos ? 0xFFFF
-                                   : _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32((int)((t - first_pos) * group)));
+            const __mmask16 seen = sees_key(lane, t, first_pos, group);
             const __m512 e = _mm512_maskz_mov_ps(seen, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(col + t * mp), mx)));
             _mm512_storeu_ps(col + t * mp, e);
             sum = _mm512_add_ps(sum, e);

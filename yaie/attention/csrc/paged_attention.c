@@ -139,11 +139,10 @@ static inline __attribute__((always_inline)) void weighted_sum(float *out, const
 }
 
 
-/* Each of `group` rows of ctx scores (`stride` apart) -> its softmax, in place; the matching output rows are
- * zeroed. */
-static void softmax_rows_strided(float *scores, int group, int64_t ctx, int64_t stride, float *out, int head_dim) {
+/* Each of `group` rows of ctx scores -> its softmax, in place; the matching output rows are zeroed. */
+static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int head_dim) {
     for (int g = 0; g < group; g++) {
-        float *s = scores + g * stride;
+        float *s = scores + g * ctx;
         float max_score = -INFINITY, sum = 0.f;
         for (int64_t t = 0; t < ctx; t++) max_score = s[t] > max_score ? s[t] : max_score;
         int64_t t = 0;
@@ -161,10 +160,6 @@ static void softmax_rows_strided(float *scores, int group, int64_t ctx, int64_t 
         for (t = 0; t < ctx; t++) s[t] *= inv;
         memset(out + g * head_dim, 0, sizeof(float) * head_dim);
     }
-}
-
-static void softmax_rows(float *scores, int group, int64_t ctx, float *out, int head_dim) {
-    softmax_rows_strided(scores, group, ctx, ctx, out, head_dim);
 }
 
 /* Query heads [kv_head * group, (kv_head + num_kv) * group) against kv heads [kv_head, kv_head + num_kv): q, out
