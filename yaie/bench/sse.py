@@ -1,6 +1,6 @@
 """Server-sent events from OpenAI-compatible servers: line decoding and chunk interpretation. Pure: no I/O.
 
-`SSEDecoder` turns lines (as `httpx.Response.aiter_lines()` yields them) into event payloads per the SSE spec:
+`SSEDecoder` turns lines (without their terminators) into event payloads per the SSE spec:
 `data:` lines accumulate, a blank line dispatches, `:` comments and other fields are ignored.
 `parse_chunk` reads one OpenAI stream chunk (`text_completion` or `chat.completion.chunk`) into what the
 benchmark needs: the text, whether it carries output tokens, the usage, or an error.

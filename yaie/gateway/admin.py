@@ -60,7 +60,7 @@ class PurgeRequest(BaseModel):
     days: int | None = Field(None, ge=1)
 
 
-def _gateway(request: Request) -> Gateway:
+async def _gateway(request: Request) -> Gateway:  # async: FastAPI runs a sync dependency on a thread
     gateway: Gateway = request.app.state.gateway
     admin_key = os.environ.get(ADMIN_KEY_ENV)
     if not admin_key:

@@ -27,11 +27,11 @@ if TYPE_CHECKING:
     from yaie.gateway.service import Gateway
 
 
-def _state(request: Request) -> ServerState:
+async def _state(request: Request) -> ServerState:  # async: FastAPI runs a sync dependency on a thread
     return request.app.state.yaie
 
 
-def _context(request: Request) -> RequestContext:
+async def _context(request: Request) -> RequestContext:
     return request.scope["yaie.context"]
 
 

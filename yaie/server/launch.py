@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from yaie.event_loop import run_event_loop
 from yaie.server.settings import SettingsError, add_settings_arguments, cli_values, load_settings
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from yaie.server.access_log import configure_logging
 
     configure_logging(settings.log_level)
-    return asyncio.run(serve(settings.engine_config(), settings.server_config(), settings.embedding_config(),
-                             gateway_config))
+    return run_event_loop(serve(settings.engine_config(), settings.server_config(), settings.embedding_config(),
+                                gateway_config))
+
 
 
 def _gateway_config(settings: ServeSettings, args: argparse.Namespace) -> GatewayConfig | None:

@@ -316,7 +316,11 @@ class ServingBase:
             raise
         samples = [SampleAccumulator() for _ in range(num_choices)]
         events = self.sse(chunks(samples), streams, samples, ctx)
-        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(events.aclose))
+
+        async def close_events() -> None:  # a coroutine function: Starlette would run a plain callable on a thread
+            await events.aclose()
+
+        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(close_events))
 
     async def sse(self, chunks: AsyncIterator[str], streams: list[GenerationStream],
                   samples: list[SampleAccumulator], ctx: RequestContext) -> AsyncIterator[str]:
