@@ -113,7 +113,9 @@ class BenchClient:
         self.session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {config.api_key}"} if config.api_key else None,
             timeout=aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=30.0),
-            connector=aiohttp.TCPConnector(limit=num_connections, limit_per_host=num_connections),
+            # a connection per request: a server that closes idle keep-alive connections (llama-server: after 5 s)
+            # would otherwise fail a request written into a pooled connection it is closing
+            connector=aiohttp.TCPConnector(limit=num_connections, limit_per_host=num_connections, force_close=True),
         )
 
     def url(self, path: str) -> str:
