@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 from starlette.types import Receive
@@ -76,10 +77,11 @@ class GenerationStream:
         if self._waiting_task is not None:
             self._waiting_task.cancel()
 
-    async def _next(self) -> RequestOutput:
+    async def _next(self, task: asyncio.Task[object] | None = None) -> RequestOutput:
+        """The next output; `task` is the current task, when the caller already knows it."""
         if self._is_shut_down:
             raise APIError(503, _SHUTDOWN_MESSAGE)
-        self._waiting_task = asyncio.current_task()
+        self._waiting_task = task or asyncio.current_task()
         try:
             return await anext(self._iterator)
         except asyncio.CancelledError:
@@ -94,6 +96,7 @@ class GenerationStream:
         assert self._first is not None, "start() first"
         output, self._first = self._first, None
         last_time = time.monotonic()
+        task = asyncio.current_task()  # one consumer for the whole iteration
         while True:
             for sample in output.outputs:
                 self.num_completion_tokens += len(sample.token_ids)
@@ -104,7 +107,7 @@ class GenerationStream:
             yield output
             if output.finished:
                 return
-            output = await self._next()
+            output = await self._next(task)
             now = time.monotonic()
             self._metrics.observe_token_gap(now - last_time)
             last_time = now
@@ -171,6 +174,26 @@ async def choice_deltas(streams: list[GenerationStream], n: int) -> AsyncIterato
 
 def sse_event(payload_json: str) -> str:
     return f"data: {payload_json}\n\n"
+
+
+class ChunkFrame:
+    """A stream's chunk envelope (id, model, ...: everything but the choices) rendered once by pydantic; each
+    event splices one choice's JSON into it, so a token costs the event loop a choice, not a whole model."""
+
+    def __init__(self, envelope: BaseModel, exclude: set[str] | None) -> None:
+        head, choices, tail = envelope.model_dump_json(exclude=exclude).partition('"choices":[]')
+        if not choices:
+            raise ValueError("the envelope must have an empty choices list")
+        self._head = f'data: {head}"choices":['
+        self._tail = f"]{tail}\n\n"
+
+    def event(self, choice_json: str) -> str:
+        return self._head + choice_json + self._tail
+
+
+def json_string(value: str | None) -> str:
+    """`value` as a JSON string (UTF-8 kept, as pydantic writes it), or null."""
+    return "null" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def sse_error(error: APIError) -> str:

@@ -36,12 +36,14 @@ from yaie.server.protocol import (
 )
 from yaie.server.protocol_tools import ContextTruncationInfo
 from yaie.server.serving_base import (
+    ChunkFrame,
     GenerationStream,
     SampleAccumulator,
     ServingBase,
     cancel_on_disconnect,
     choice_deltas,
     finite_logprob,
+    json_string,
     new_id,
     sse_event,
     usage_of,
@@ -140,16 +142,22 @@ class ServingChat(ServingBase):
                                           system_fingerprint=self.system_fingerprint, choices=choices, **extra)
             return sse_event(payload.model_dump_json(exclude=exclude))
 
+        frame = ChunkFrame(ChatCompletionChunk(id=completion_id, created=created, model=self.model_name,
+                                               system_fingerprint=self.system_fingerprint, choices=[]), exclude)
         for index in range(request.n):
             yield chunk([ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
         parsers = [tools.parser() for _ in range(request.n)] if tools is not None else None
         async for index, sample in choice_deltas(streams, request.n):
             samples[index].add(sample, keep_text=self.log_content)
+            if parsers is None and not request.logprobs:
+                yield frame.event(plain_delta_json(index, sample.text, sample.finish_reason))
+                continue
             logprobs = self._logprobs(sample.logprobs or [], request) if request.logprobs else None
             delta, finish_reason = DeltaMessage(content=sample.text), sample.finish_reason
             if parsers is not None:
                 delta, finish_reason = tool_delta(parsers[index], sample.text, sample.finish_reason)
-            yield chunk([ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)])
+            yield frame.event(ChatStreamChoice(index=index, delta=delta, logprobs=logprobs,
+                                               finish_reason=finish_reason).model_dump_json())
         if request.include_usage:
             yield chunk([], usage=with_truncation(usage_of(streams), truncation))
 
@@ -184,3 +192,9 @@ def with_truncation(usage: Usage, truncation: ContextTruncation | None) -> Usage
                                  truncated_messages=truncation.truncated_messages,
                                  dropped_tokens=truncation.dropped_tokens)
     return usage.model_copy(update={"context_truncation": info})
+
+
+def plain_delta_json(index: int, text: str, finish_reason: str | None) -> str:
+    """A streamed ChatStreamChoice carrying only content, as pydantic renders it."""
+    return (f'{{"index":{index},"delta":{{"content":{json_string(text)}}},"logprobs":null,'
+            f'"finish_reason":{json_string(finish_reason)}}}')

@@ -17,12 +17,14 @@ from starlette.types import Receive
 from yaie.server.access_log import RequestContext
 from yaie.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from yaie.server.serving_base import (
+    ChunkFrame,
     GenerationStream,
     SampleAccumulator,
     ServingBase,
     cancel_on_disconnect,
     choice_deltas,
     finite_logprob,
+    json_string,
     new_id,
     sse_event,
     usage_of,
@@ -97,6 +99,9 @@ class ServingCompletion(ServingBase):
                                          system_fingerprint=self.system_fingerprint, choices=choices, **extra)
             return sse_event(payload.model_dump_json(exclude=exclude))
 
+        frame = ChunkFrame(CompletionResponse(id=job.completion_id, created=created, model=self.model_name,
+                                              system_fingerprint=self.system_fingerprint, choices=[]), exclude)
+
         text_offsets = [len(job.echo_text(index)) for index in range(job.num_choices)]
         if request.echo:
             for index in range(job.num_choices):
@@ -104,12 +109,13 @@ class ServingCompletion(ServingBase):
                                               finish_reason=None)])
         async for index, sample in choice_deltas(streams, request.n):
             samples[index].add(sample, keep_text=self.log_content)
-            logprobs = None
-            if request.logprobs is not None:
-                logprobs, text_offsets[index] = self._logprobs(sample.logprobs or [], request.logprobs,
-                                                               text_offsets[index])
-            yield chunk([CompletionChoice(index=index, text=sample.text, logprobs=logprobs,
-                                          finish_reason=sample.finish_reason)])
+            if request.logprobs is None:
+                yield frame.event(plain_choice_json(index, sample.text, sample.finish_reason))
+                continue
+            logprobs, text_offsets[index] = self._logprobs(sample.logprobs or [], request.logprobs,
+                                                           text_offsets[index])
+            yield frame.event(CompletionChoice(index=index, text=sample.text, logprobs=logprobs,
+                                               finish_reason=sample.finish_reason).model_dump_json())
         if request.include_usage:
             yield chunk([], usage=usage_of(streams))
 
@@ -126,3 +132,9 @@ class ServingCompletion(ServingBase):
             result.top_logprobs.append(top if num_top else None)
             text_offset += len(token)
         return result, text_offset
+
+
+def plain_choice_json(index: int, text: str, finish_reason: str | None) -> str:
+    """A streamed CompletionChoice without logprobs, as pydantic renders it."""
+    return (f'{{"index":{index},"text":{json_string(text)},"logprobs":null,'
+            f'"finish_reason":{json_string(finish_reason)}}}')
