@@ -254,3 +254,22 @@ def test_unsupported_gguf_architecture_names_it(tmp_path: Path) -> None:
     _write_gguf(gguf_file, "gpt2", np.zeros((4, 8), dtype=np.float32))
     message = _error_for(str(gguf_file))
     assert str(gguf_file) in message and "'gpt2'" in message
+
+
+def test_gguf_metadata_and_tensors_read_as_gguf_py_reads_them(default_gguf_path: Path) -> None:
+    """open_gguf's plain-view reader (start-up speed) against gguf-py's own reader on the packaged file."""
+    from gguf import GGUFReader
+
+    from yaie.models.gguf_loader import open_gguf
+
+    ours, reference = open_gguf(default_gguf_path), GGUFReader(default_gguf_path, "r")
+    assert type(ours.data) is np.ndarray and type(reference.data) is np.memmap
+    assert list(ours.fields) == list(reference.fields)
+    for key, field in reference.fields.items():
+        expected, got = field.contents(), ours.fields[key].contents()
+        assert ours.fields[key].types == field.types, key
+        assert (np.array_equal(got, expected) if isinstance(expected, np.ndarray) else got == expected), key
+    assert len(reference.fields["tokenizer.ggml.tokens"].contents()) == 49152
+    assert [(t.name, t.tensor_type, list(t.shape)) for t in ours.tensors] == [
+        (t.name, t.tensor_type, list(t.shape)) for t in reference.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(ours.tensors, reference.tensors, strict=True))

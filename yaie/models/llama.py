@@ -81,7 +81,10 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, arch: ModelArchConfig) -> None:
         super().__init__()
         self.arch = arch
-        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        # given an (uninitialised) weight: the checkpoint overwrites it, and a random init of the table on the meta
+        # device would import torch._dynamo (~1 s of start-up)
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size,
+                                         _weight=torch.empty(arch.vocab_size, arch.hidden_size))
         self.rotary = RotaryEmbedding(
             arch.head_dim, arch.max_position_embeddings, arch.rope_theta, arch.rope_scaling
         )

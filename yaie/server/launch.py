@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from yaie.config import EngineConfig
     from yaie.embeddings.config import EmbeddingConfig
+    from yaie.engine.async_engine import AsyncEngine
     from yaie.gateway.config import GatewayConfig
     from yaie.gateway.service import Gateway
     from yaie.server.draining import DrainingServer
@@ -113,12 +114,15 @@ async def _open_gateway(config: GatewayConfig) -> Gateway:
 
 async def _load_engine(engine_config: EngineConfig, server: DrainingServer, state: ServerState,
                        embedding_config: EmbeddingConfig | None = None) -> None:
-    from yaie.engine.async_engine import AsyncEngine
-
     logger.info("loading model %s", engine_config.model.model or "(default SmolLM2-135M-Instruct)")
-    embedding = asyncio.ensure_future(_load_embedding(embedding_config, state)) if embedding_config else None
+    embedding = None
     try:
-        engine = await _in_daemon_thread(lambda: AsyncEngine(engine_config))
+        # torch and transformers take seconds to import: on a loader thread, so /health answers meanwhile, and
+        # before the embedding model's load starts (imports in two threads at once only contend for the GIL)
+        engine_class = await _in_daemon_thread(_import_engine)
+        if embedding_config is not None:
+            embedding = asyncio.ensure_future(_load_embedding(embedding_config, state))
+        engine = await _in_daemon_thread(lambda: engine_class(engine_config))
         if embedding is not None:
             await embedding
     except Exception as exc:
@@ -134,6 +138,12 @@ async def _load_engine(engine_config: EngineConfig, server: DrainingServer, stat
     while not server.started:
         await asyncio.sleep(0.05)
     _log_ready(server, engine, engine_config)
+
+
+def _import_engine() -> type[AsyncEngine]:
+    from yaie.engine.async_engine import AsyncEngine
+
+    return AsyncEngine
 
 
 async def _load_embedding(config: EmbeddingConfig, state: ServerState) -> None:
