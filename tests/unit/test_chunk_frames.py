@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from yaie.server.protocol import (
@@ -20,29 +22,28 @@ TEXTS = ["", " Paris", 'quote " and \\ backslash', "line\nbreak\ttab\r", "\x00\x
 ENVELOPE = {"id": "cmpl-1", "created": 1733500000, "model": 'we"ird/model', "system_fingerprint": "fp_x"}
 
 
-@pytest.mark.parametrize("exclude", [{"usage"}, None])
-@pytest.mark.parametrize("finish_reason", [None, "stop", "length"])
-def test_completion_chunks_match_pydantic(exclude: set[str] | None, finish_reason: str | None) -> None:
-    frame = ChunkFrame(CompletionResponse(**ENVELOPE, choices=[]), exclude)
-    for index, text in enumerate(TEXTS):
-        expected = CompletionResponse(**ENVELOPE, choices=[
-            CompletionChoice(index=index, text=text, logprobs=None, finish_reason=finish_reason)])
-        assert frame.event(plain_choice_json(index, text, finish_reason)) == sse_event(
-            expected.model_dump_json(exclude=exclude))
+def _completion(index: int, text: str, finish_reason: str | None) -> CompletionResponse:
+    return CompletionResponse(**ENVELOPE, choices=[
+        CompletionChoice(index=index, text=text, logprobs=None, finish_reason=finish_reason)])
+
+
+def _chat(index: int, text: str, finish_reason: str | None) -> ChatCompletionChunk:
+    return ChatCompletionChunk(**ENVELOPE, choices=[
+        ChatStreamChoice(index=index, delta=DeltaMessage(content=text), finish_reason=finish_reason)])
 
 
 @pytest.mark.parametrize("exclude", [{"usage"}, None])
-@pytest.mark.parametrize("finish_reason", [None, "stop", "tool_calls"])
-def test_chat_chunks_match_pydantic(exclude: set[str] | None, finish_reason: str | None) -> None:
-    frame = ChunkFrame(ChatCompletionChunk(**ENVELOPE, choices=[]), exclude)
+@pytest.mark.parametrize("finish_reason", [None, "stop", "length", "tool_calls"])
+@pytest.mark.parametrize(("envelope", "render", "plain_json"), [
+    (CompletionResponse, _completion, plain_choice_json), (ChatCompletionChunk, _chat, plain_delta_json)])
+def test_spliced_chunks_match_pydantic(envelope: Any, render: Any, plain_json: Any, exclude: set[str] | None,
+                                       finish_reason: str | None) -> None:
+    frame = ChunkFrame(envelope(**ENVELOPE, choices=[]), exclude)
     for index, text in enumerate(TEXTS):
-        expected = ChatCompletionChunk(**ENVELOPE, choices=[
-            ChatStreamChoice(index=index, delta=DeltaMessage(content=text), finish_reason=finish_reason)])
-        assert frame.event(plain_delta_json(index, text, finish_reason)) == sse_event(
-            expected.model_dump_json(exclude=exclude))
+        expected = sse_event(render(index, text, finish_reason).model_dump_json(exclude=exclude))
+        assert frame.event(plain_json(index, text, finish_reason)) == expected
 
 
 def test_an_envelope_with_choices_is_refused() -> None:
     with pytest.raises(ValueError, match="empty choices"):
-        ChunkFrame(CompletionResponse(**ENVELOPE, choices=[
-            CompletionChoice(index=0, text="x", logprobs=None, finish_reason=None)]), None)
+        ChunkFrame(_completion(0, "x", None), None)

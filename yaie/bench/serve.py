@@ -256,18 +256,26 @@ async def send_streaming_request(
     return timer.result(request.prompt_len)
 
 
-async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The SSE payloads of a streamed response, whatever the lines' lengths and the reads' boundaries."""
-    decoder = SSEDecoder()
-    pending = b""
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The body's lines without their terminators, whatever the reads' boundaries (the last may lack one)."""
+    parts: list[bytes] = []
     async for received in response.content.iter_any():
-        *lines, pending = (pending + received).split(b"\n")
-        for line in lines:
-            data = decoder.feed_line(line.decode(errors="replace"))
-            if data is not None:
-                yield data
-    if pending:
-        data = decoder.feed_line(pending.decode(errors="replace"))
+        *complete, rest = received.split(b"\n")
+        for piece in complete:
+            parts.append(piece)
+            yield b"".join(parts).decode(errors="replace")
+            parts.clear()
+        if rest:
+            parts.append(rest)
+    if parts:
+        yield b"".join(parts).decode(errors="replace")
+
+
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The SSE payloads of a streamed response."""
+    decoder = SSEDecoder()
+    async for line in _lines(response):
+        data = decoder.feed_line(line)
         if data is not None:
             yield data
     tail = decoder.flush()
